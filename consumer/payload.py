@@ -1,0 +1,86 @@
+"""The iTEP ``data`` payload (CONTRACT section 3) and its form body. Pure: no I/O.
+
+Key order follows the legacy iTEP document. Numbers stay JSON numbers; dates are
+``M/D/YYYY`` without zero padding; result keys are present but ``""`` unless Complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from typing import Final
+from urllib.parse import urlencode
+
+import orjson
+
+from consumer.events import ExamEvent, Status
+
+SECTION_TITLES: Final = {
+    "grammar": "Grammar",
+    "listening": "Listening",
+    "reading": "Reading",
+    "writing": "Writing",
+    "speaking": "Speaking",
+}
+
+Scalar = str | int | float
+
+
+def test_date(event: ExamEvent) -> date:
+    """The date the test was finished: ``finished_on``, else the UTC date of ``occurred_at``."""
+    if event.finished_on is not None:
+        return event.finished_on
+    return event.occurred_at.date()
+
+
+def build_data(event: ExamEvent) -> dict[str, Scalar]:
+    """The dict that becomes the ``data`` JSON string."""
+    day = test_date(event)
+    data: dict[str, Scalar] = {
+        "OID": event.oid,
+        "TestID": event.test_id,
+        "Duration": event.duration_minutes,
+        "TestDate": f"{day.month}/{day.day}/{day.year}",
+        "TestMonth": day.month,
+        "TestDay": day.day,
+        "TestYear": day.year,
+        "Status": event.status.value,
+        "score_report_url": "",
+        "Overall_Level": "",
+        "Overall_cefr": "",
+    }
+    results = event.results
+    if event.status is not Status.COMPLETE or results is None:
+        return data
+    data["score_report_url"] = results.score_report_url
+    data["Overall_Level"] = results.overall_level
+    data["Overall_cefr"] = results.overall_cefr
+    for name, title in SECTION_TITLES.items():
+        section = results.sections.get(name)
+        if section is None:
+            continue
+        data[f"{title}_Level"] = section.level
+        data[f"{title}_Score"] = section.score
+        data[f"{title}_Percent"] = section.percent
+        data[f"{title}_cefr"] = section.cefr
+        if name == "writing":
+            data["Writing_Question_Count"] = section.question_count or 0
+            for n in (1, 2):
+                data[f"Writing_Question_{n}"] = ""
+                data[f"Writing_Answer_{n}"] = ""
+    return data
+
+
+def encode_data(event: ExamEvent) -> str:
+    """The ``data`` field's JSON text (UTF-8, non-ASCII kept as is)."""
+    return orjson.dumps(build_data(event)).decode()
+
+
+def encode_form(data_json: str, extra_fields: Mapping[str, str]) -> bytes:
+    """``application/x-www-form-urlencoded`` body: ``data`` first, then the extra fields.
+
+    ``+``, ``&``, ``%`` and ``=`` are percent-encoded and text is UTF-8, so PHP's
+    ``$_POST['data']`` gets the JSON back byte for byte.
+    """
+    fields = [("data", data_json), *((k, v) for k, v in extra_fields.items() if k != "data")]
+    return urlencode(fields, encoding="utf-8").encode("ascii")
