@@ -5,7 +5,8 @@ ItepWebhooksError            root; ``retriable`` says whether trying again can h
  ├── InvalidEvent            an event breaks CONTRACT section 2: dead-lettered, never retried
  ├── InvalidTrackingCode     a tracking-code row or CLI input breaks CONTRACT section 4
  ├── StoreUnavailable        Postgres cannot be reached right now (retriable)
- └── MigrationError          a migration file is malformed or failed to apply
+ ├── MigrationError          a migration file is malformed or failed to apply
+ └── TopicError              a Kafka topic could not be created at start-up
 """
 
 from __future__ import annotations
@@ -60,3 +61,7 @@ class StoreUnavailable(ItepWebhooksError):
 
 class MigrationError(ItepWebhooksError):
     """A migration could not be read or applied."""
+
+
+class TopicError(ItepWebhooksError):
+    """A topic the service needs could not be created."""

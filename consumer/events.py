@@ -47,8 +47,10 @@ _E = TypeVar("_E", bound=StrEnum)
 
 SECTION_NAMES: Final = ("grammar", "listening", "reading", "writing", "speaking")
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,19 +232,22 @@ def _status(doc: Mapping[str, Any], name: str, *, required: bool) -> Status | No
 
 
 def _rfc3339(text: str) -> datetime:
-    if not _RFC3339.match(text):
+    if not _RFC3339.fullmatch(text):
         raise InvalidEvent("occurred_at", f"must be an RFC 3339 timestamp, got {text!r}")
     try:
-        parsed = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         raise InvalidEvent("occurred_at", f"is not a real date and time: {text!r}") from None
-    return parsed.astimezone(UTC)
+    except OverflowError:
+        # A real offset time whose UTC instant falls outside years 1 to 9999.
+        raise InvalidEvent("occurred_at", f"is out of range in UTC: {text!r}") from None
+    return moment
 
 
 def _finished_on(value: object) -> date | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _DATE.match(value):
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
         raise InvalidEvent("finished_on", f"must be YYYY-MM-DD or null, got {value!r}")
     try:
         day = date.fromisoformat(value)

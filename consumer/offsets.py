@@ -14,13 +14,13 @@ TP = TypeVar("TP", bound=Hashable)
 
 
 class PartitionOffsets:
-    """Offsets of one partition that are fetched and not yet finished, in fetch order."""
+    """Offsets of one partition that are fetched and not yet committable, in fetch order."""
 
-    __slots__ = ("_committed", "_done", "_pending")
+    __slots__ = ("_committed", "_pending", "_unfinished")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
-        self._done: set[int] = set()
+        self._unfinished: set[int] = set()
         self._committed: int | None = None
 
     def __len__(self) -> int:
@@ -30,13 +30,15 @@ class PartitionOffsets:
         if self._pending and offset <= self._pending[-1]:
             raise ValueError(f"offset {offset} fetched out of order after {self._pending[-1]}")
         self._pending.append(offset)
+        self._unfinished.add(offset)
 
     def finish(self, offset: int) -> None:
-        self._done.add(offset)
-        while self._pending and self._pending[0] in self._done:
-            head = self._pending.popleft()
-            self._done.discard(head)
-            self._committed = head + 1
+        """Mark a fetched record finished; an offset not waiting to finish is ignored."""
+        if offset not in self._unfinished:
+            return
+        self._unfinished.discard(offset)
+        while self._pending and self._pending[0] not in self._unfinished:
+            self._committed = self._pending.popleft() + 1
 
     def committable(self) -> int | None:
         """The offset to commit: every fetched record below it is finished.

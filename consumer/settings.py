@@ -10,17 +10,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from consumer.errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*", re.ASCII)
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
     """``"250ms"``, ``"5s"``, ``"5m"``, ``"2h"``, ``"1d"`` -> seconds."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration like 250ms, 5s, 5m, 2h or 1d")
     return float(match.group(1)) * _UNITS[match.group(2)]
@@ -65,8 +65,10 @@ def _positive_duration(text: str) -> float:
 def _bootstrap(text: str) -> str:
     for server in text.split(","):
         host, sep, port = server.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
+        if not sep or not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"{server!r} is not host:port")
+        if not 0 < int(port) <= 65535:
+            raise ValueError(f"{server!r} has no valid TCP port")
     return text
 
 
@@ -165,8 +167,19 @@ class Settings:
     def safe_summary(self) -> dict[str, object]:
         """The settings for a start-up log line, with the database password masked."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        parts = urlsplit(self.database_url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            out["database_url"] = parts._replace(netloc=netloc).geturl()
+        out["database_url"] = mask_dsn(self.database_url)
         return out
+
+
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with its password, in the user info or a ``password=`` parameter, as ``***``."""
+    parts = urlsplit(dsn)
+    userinfo, at, hostinfo = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    netloc = f"{user}:***@{hostinfo}" if at and colon else parts.netloc
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = parts.query
+    if any(name == "password" for name, _ in pairs):
+        masked = [(name, "***" if name == "password" else value) for name, value in pairs]
+        query = urlencode(masked, safe="*")
+    return parts._replace(netloc=netloc, query=query).geturl()

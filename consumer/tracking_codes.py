@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from consumer.errors import InvalidTrackingCode
@@ -26,6 +29,23 @@ _REQUIRED_PARAMS: Mapping[AuthMethod, tuple[str, ...]] = {
     AuthMethod.HEADER: ("name", "value"),
     AuthMethod.QUERY: ("params",),
 }
+
+# RFC 9110 token characters; a header value may hold anything but control characters.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", re.ASCII)
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
+_RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +70,15 @@ def validate_tracking_code(code: TrackingCode) -> TrackingCode:
     """Check a tracking code against CONTRACT section 4; return it unchanged or raise."""
     if not code.code:
         raise InvalidTrackingCode("code", "must be a non-empty string")
-    parts = urlsplit(code.endpoint_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    # A plain string would slip past the identity checks that build the request's auth.
+    if not isinstance(cast(object, code.auth_method), AuthMethod):
+        raise InvalidTrackingCode("auth_method", f"must be one of {', '.join(AuthMethod)}")
+    try:
+        parts = urlsplit(code.endpoint_url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        raise InvalidTrackingCode("endpoint_url", "is not a well-formed URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise InvalidTrackingCode("endpoint_url", "must be an http or https URL with a host")
     if parts.username or parts.password:
         raise InvalidTrackingCode(
@@ -72,11 +99,33 @@ def validate_tracking_code(code: TrackingCode) -> TrackingCode:
         for name in _REQUIRED_PARAMS[code.auth_method]:
             if not isinstance(code.auth_params[name], str):
                 raise InvalidTrackingCode("auth_params", f"{name!r} must be a string")
+    if code.auth_method is AuthMethod.BASIC and ":" in code.auth_params["username"]:
+        raise InvalidTrackingCode("auth_params", "'username' must not contain ':'")
+    if code.auth_method is AuthMethod.HEADER:
+        if not _HEADER_NAME.fullmatch(code.auth_params["name"]):
+            raise InvalidTrackingCode("auth_params", "'name' must be an HTTP header name")
+        if code.auth_params["name"].lower() in _RESERVED_HEADERS:
+            raise InvalidTrackingCode("auth_params", "'name' must not replace a header we set")
+        if _HEADER_VALUE_FORBIDDEN.search(code.auth_params["value"]):
+            raise InvalidTrackingCode("auth_params", "'value' must not contain control characters")
     for key, value in code.extra_fields.items():
         if key == "data":
             raise InvalidTrackingCode("extra_fields", "must not contain 'data'")
         if not isinstance(value, str):
             raise InvalidTrackingCode("extra_fields", f"value of {key!r} must be a string")
-    if code.signing_secret is not None and not code.signing_secret.startswith("whsec_"):
-        raise InvalidTrackingCode("signing_secret", "must start with 'whsec_'")
+    if code.signing_secret is not None:
+        _check_signing_secret(code.signing_secret)
     return code
+
+
+def _check_signing_secret(secret: str) -> None:
+    if not secret.startswith("whsec_"):
+        raise InvalidTrackingCode("signing_secret", "must start with 'whsec_'")
+    # Decoded as the signer and the standardwebhooks library do: padding may be left out.
+    encoded = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded + "==") if _BASE64.fullmatch(encoded) else b""
+    except binascii.Error:
+        key = b""
+    if not key:
+        raise InvalidTrackingCode("signing_secret", "must be 'whsec_' + a base64 key")

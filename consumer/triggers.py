@@ -66,8 +66,10 @@ def decide(event: ExamEvent, code: TrackingCode | None) -> Decision:
     """The final decision for ``event`` given its looked-up tracking code.
 
     ``code`` is None when the event names no tracking code (null or empty) or the code is
-    unknown.
+    unknown. An event that names no tracking code is never delivered, whatever ``code`` is.
     """
+    if not event.tracking_code:
+        code = None
     trigger = candidate_trigger(event)
     if trigger is None:
         reason = "status_unchanged" if not event.status_changed else "not_a_trigger"

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from consumer import __version__
 from consumer.events import ExamEvent
@@ -40,16 +40,19 @@ def endpoint_host(url: str) -> str:
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with a ``whsec_`` secret."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
+    # Padding is added as the standardwebhooks library does, so unpadded keys work too.
+    key = base64.b64decode(secret.removeprefix("whsec_") + "==")
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 def _with_query(url: str, params: Mapping[str, str]) -> str:
+    """``url`` with ``params`` appended to its query; the existing query is kept verbatim."""
     parts = urlsplit(url)
-    query = [*parse_qsl(parts.query, keep_blank_values=True), *params.items()]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    added = urlencode(list(params.items()))
+    query = f"{parts.query}&{added}" if parts.query and added else parts.query or added
+    return urlunsplit(parts._replace(query=query))
 
 
 def auth_headers(code: TrackingCode) -> dict[str, str]:

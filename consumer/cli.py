@@ -1,0 +1,71 @@
+"""``itep-webhooks``: run the consumer, apply migrations, keep the tracking codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import uvloop
+
+from consumer import __version__, tracking_admin
+from consumer.errors import ConfigError, ItepWebhooksError
+from consumer.logs import configure_logging
+from consumer.migrate import apply_migrations
+from consumer.service import run_service
+from consumer.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="itep-webhooks",
+        description="Relay iTEP exam-state events from Kafka to partner webhooks.",
+    )
+    parser.add_argument("--version", action="version", version=f"itep-webhooks {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the consumer service (settings from the environment)")
+    commands.add_parser("migrate", help="apply pending sql/ migrations to DATABASE_URL")
+    tracking_admin.register(commands)
+    return parser
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    return uvloop.run(coro)
+
+
+async def _serve(settings: Settings) -> int:
+    await run_service(settings)
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    applied = await apply_migrations(settings.database_url)
+    for name in applied:
+        print(f"applied {name}")
+    print(f"{len(applied)} migration(s) applied")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"itep-webhooks: bad setting {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        if args.command == "run":
+            return _run_async(_serve(settings))
+        if args.command == "migrate":
+            return _run_async(_migrate(settings))
+        return _run_async(tracking_admin.run(args, settings.database_url))
+    except ItepWebhooksError as exc:
+        print(f"itep-webhooks: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` on ``HTTP_PORT`` (aiohttp server only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from consumer.metrics import Metrics
+
+
+class HttpApi:
+    def __init__(self, port: int, metrics: Metrics, is_ready: Callable[[], bool]) -> None:
+        self._port = port
+        self._metrics = metrics
+        self._is_ready = is_ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_handler)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "0.0.0.0", self._port).start()  # noqa: S104 - scraped by Prometheus
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics_handler(self, _request: web.Request) -> web.Response:
+        body = generate_latest(self._metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self._is_ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready"}, status=503)

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the service, one registry per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter(
+            "itep_events_consumed", "Exam events consumed, by decision", ["decision"], registry=r
+        )
+        self.outcomes = Counter(
+            "itep_webhook_outcomes",
+            "Outcome records published",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "itep_webhook_attempts", "Webhook POST attempts, by result", ["result"], registry=r
+        )
+        self.latency = Histogram(
+            "itep_webhook_latency_seconds",
+            "Latency of webhook POSTs",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+        )
+        self.in_flight = Gauge(
+            "itep_events_in_flight",
+            "Events fetched whose outcome is not yet published",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "itep_partitions_paused", "1 while fetching is paused for back-pressure", registry=r
+        )
+        self.commits = Counter(
+            "itep_offset_commits", "Offset commits, by trigger", ["why"], registry=r
+        )
+        self.lag = Gauge(
+            "itep_consumer_lag",
+            "Records behind the partition's high watermark",
+            ["topic", "partition"],
+            registry=r,
+        )

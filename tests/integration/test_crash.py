@@ -1,0 +1,119 @@
+"""The at-least-once promise across a crash and a clean stop, with the service as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.factories import event_dict
+from tests.integration.harness import (
+    ServiceProcess,
+    Stack,
+    TopicReader,
+    add_tracking_code,
+    publish,
+)
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def stack(kafka_bootstrap: str, new_topic: Any, database_url: str) -> Stack:
+    return Stack(
+        bootstrap=kafka_bootstrap,
+        database_url=database_url,
+        events_topic=await new_topic(partitions=3, prefix="test-events"),
+        outcomes_topic=await new_topic(partitions=3, prefix="test-outcomes"),
+        dlq_topic=await new_topic(partitions=1, prefix="test-dlq"),
+    )
+
+
+def finals(records: list[Any]) -> Counter[str]:
+    """Final outcomes per event id."""
+    out: Counter[str] = Counter()
+    for record in records:
+        doc = orjson.loads(record.value)
+        if doc["outcome"] != "retry_scheduled":
+            out[doc["event_id"]] += 1
+    return out
+
+
+async def slow_ok(_request: web.Request, _n: int) -> web.StreamResponse:
+    await asyncio.sleep(0.05)
+    return web.Response(text="ok")
+
+
+async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) -> None:
+    """Kill -9 with hundreds in flight, restart: every event ends with a final outcome and
+    its webhook was received at least once; duplicates are counted and reported."""
+    receiver = await Receiver(respond=slow_ok).start()
+    total = 600
+    events = [
+        event_dict(
+            test_id=f"CRASH{i % 150}",
+            tracking_code="CRASH",
+            event_type="reset",
+            reset_type=f"r{i}",
+            status="Ready",
+            previous_status="Ready",
+        )
+        for i in range(total)
+    ]
+    try:
+        await add_tracking_code(stack.database_url, "CRASH", receiver.url)
+        await publish(stack.bootstrap, stack.events_topic, events)
+        first = await ServiceProcess.start(stack)
+        await receiver.wait_for(total // 2, timeout=60)
+        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+        received_before_restart = len(receiver.requests)
+        assert received_before_restart < total, "the crash came too late to prove anything"
+        second = await ServiceProcess.start(stack)
+        async with TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes:
+            ids = {e["event_id"] for e in events}
+            await outcomes.until(lambda records: ids <= set(finals(records)), timeout=120)
+        assert await second.stop() == 0
+    finally:
+        await receiver.stop()
+    webhooks = Counter(r.headers["webhook-id"] for r in receiver.requests)
+    assert set(webhooks) == ids, "every event's webhook arrived at least once"
+    duplicate_webhooks = sum(n - 1 for n in webhooks.values())
+    duplicate_outcomes = sum(n - 1 for n in finals(outcomes.records).values())
+    with capsys.disabled():
+        print(
+            f"\n[at-least-once] events={total} received_before_kill={received_before_restart}"
+            f" webhooks={len(receiver.requests)} duplicate_webhooks={duplicate_webhooks}"
+            f" duplicate_final_outcomes={duplicate_outcomes}"
+        )
+    assert duplicate_webhooks <= received_before_restart
+
+
+async def test_sigterm_drains_commits_and_exits_zero(stack: Stack) -> None:
+    """A clean stop finishes what is in flight and commits it: a restart re-sends nothing."""
+    receiver = await Receiver(respond=slow_ok).start()
+    events = [event_dict(test_id=f"TERM{i}", tracking_code="TERM") for i in range(200)]
+    try:
+        await add_tracking_code(stack.database_url, "TERM", receiver.url)
+        await publish(stack.bootstrap, stack.events_topic, events)
+        first = await ServiceProcess.start(stack)
+        await receiver.wait_for(20, timeout=60)
+        assert await first.stop() == 0
+        after_stop = len(receiver.requests)
+        async with TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes:
+            await outcomes.until(lambda records: len(finals(records)) >= after_stop)
+        second = await ServiceProcess.start(stack)
+        await second.ready()
+        ids = {e["event_id"] for e in events}
+        await receiver.wait_for(len(ids), timeout=60)
+        assert await second.stop() == 0
+    finally:
+        await receiver.stop()
+    webhooks = Counter(r.headers["webhook-id"] for r in receiver.requests)
+    assert set(webhooks) == ids
+    assert max(webhooks.values()) == 1, "a drained and committed event was sent again"
