@@ -19,7 +19,7 @@ from typing import Final
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from consumer.errors import ItepWebhooksError
+from consumer.errors import EndpointBlocked
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -60,16 +60,6 @@ _BLOCKED_V6: Final = tuple(
     )
 )
 _NAT64: Final = IPv6Network("64:ff9b::/96")
-
-
-class EndpointBlocked(ItepWebhooksError):
-    """Every address of a webhook target is loopback, private, link-local or otherwise not
-    public, and private endpoints are not allowed. The delivery fails with
-    ``endpoint_blocked`` and is not retried."""
-
-    def __init__(self, host: str) -> None:
-        super().__init__(f"{host}: resolves only to addresses that are not public")
-        self.host = host
 
 
 def is_blocked_address(address: str | IPAddress) -> bool:

@@ -6,7 +6,8 @@ ItepWebhooksError            root; ``retriable`` says whether trying again can h
  ├── InvalidTrackingCode     a tracking-code row or CLI input breaks CONTRACT section 4
  ├── StoreUnavailable        Postgres cannot be reached right now (retriable)
  ├── MigrationError          a migration file is malformed or failed to apply
- └── TopicError              a Kafka topic could not be created at start-up
+ ├── TopicError              a Kafka topic could not be created at start-up
+ └── EndpointBlocked         a webhook target resolves only to non-public addresses
 """
 
 from __future__ import annotations
@@ -65,3 +66,13 @@ class MigrationError(ItepWebhooksError):
 
 class TopicError(ItepWebhooksError):
     """A topic the service needs could not be created."""
+
+
+class EndpointBlocked(ItepWebhooksError):
+    """Every address of a webhook target is loopback, private, link-local or otherwise not
+    public, and private endpoints are not allowed. The delivery fails with
+    ``endpoint_blocked`` and is not retried."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"{host}: resolves only to addresses that are not public")
+        self.host = host

@@ -26,7 +26,7 @@ SECTION_TITLES: Final = {
 Scalar = str | int | float
 
 
-def test_date(event: ExamEvent) -> date:
+def exam_date(event: ExamEvent) -> date:
     """The date the test was finished: ``finished_on``, else the UTC date of ``occurred_at``."""
     if event.finished_on is not None:
         return event.finished_on
@@ -35,7 +35,7 @@ def test_date(event: ExamEvent) -> date:
 
 def build_data(event: ExamEvent) -> dict[str, Scalar]:
     """The dict that becomes the ``data`` JSON string."""
-    day = test_date(event)
+    day = exam_date(event)
     data: dict[str, Scalar] = {
         "OID": event.oid,
         "TestID": event.test_id,

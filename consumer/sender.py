@@ -28,11 +28,11 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from consumer.endpoint_guard import (
-    EndpointBlocked,
     GuardedResolver,
     is_blocked_address,
     literal_address,
 )
+from consumer.errors import EndpointBlocked
 from consumer.retry_policy import AttemptResult
 from consumer.settings import Settings
 from consumer.webhook import WebhookRequest

@@ -9,11 +9,11 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from consumer.endpoint_guard import (
-    EndpointBlocked,
     GuardedResolver,
     is_blocked_address,
     literal_address,
 )
+from consumer.errors import EndpointBlocked
 
 BLOCKED = [
     ("127.0.0.1", "loopback"),

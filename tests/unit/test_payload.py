@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from consumer.events import SECTION_NAMES, ExamEvent, parse_event
 from consumer.payload import build_data, encode_data, encode_form
-from consumer.payload import test_date as date_of_test  # aliased: pytest collects test_*
+from consumer.payload import exam_date as date_of_test
 from tests.strategies import (
     COMPLETE_NAMES,
     contract_example,
