@@ -49,6 +49,16 @@ async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
     }
 
 
+async def wait_for_gauge(
+    session: aiohttp.ClientSession, port: int, name: str, value: float
+) -> None:
+    """Scrape /metrics until the gauge has ``value``; the service is observed from outside,
+    so polling is the only way to wait."""
+    async with asyncio.timeout(20):
+        while (await scrape(session, port)).get(name) != value:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
 async def test_partitions_pause_at_the_in_flight_limit_and_resume(stack: Stack) -> None:
     """With MAX_IN_FLIGHT=20 and a stalled receiver, fetching pauses instead of buffering
     everything; once the receiver answers, every event is delivered."""
@@ -77,18 +87,14 @@ async def test_partitions_pause_at_the_in_flight_limit_and_resume(stack: Stack) 
             TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
         ):
             await receiver.wait_for(20)
-            async with asyncio.timeout(20):
-                while (await scrape(session, port)).get("itep_partitions_paused") != 1:
-                    await asyncio.sleep(0.1)
+            await wait_for_gauge(session, port, "itep_partitions_paused", 1)
             await asyncio.sleep(1.0)  # time in which an unbounded consumer would fetch all 300
             stalled = await scrape(session, port)
             assert stalled["itep_events_in_flight"] <= 40
             assert len(receiver.requests) <= 40
             release.set()
             await outcomes.until(lambda records: len(records) >= len(events), timeout=60)
-            async with asyncio.timeout(10):
-                while (await scrape(session, port)).get("itep_partitions_paused") != 0:
-                    await asyncio.sleep(0.1)
+            await wait_for_gauge(session, port, "itep_partitions_paused", 0)
     finally:
         release.set()
         await receiver.stop()
