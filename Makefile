@@ -56,3 +56,6 @@ clean:
 	-bash scripts/stack.sh down
 	rm -rf .local $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+bench: install up migrate
+	$(BIN)/python scripts/bench.py

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -28,8 +28,11 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutcomeRecord:
+    """One record of ``webhook-outcomes``; fields in the contract's order."""
+
+    schema_version: int = SCHEMA_VERSION
     event_id: str | None
     test_id: str | None
     oid: str | None
@@ -45,12 +48,10 @@ class OutcomeRecord:
     event_occurred_at: str | None
     recorded_at: str
     next_attempt_at: str | None
-    schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        doc = asdict(self)
-        doc["outcome"] = self.outcome.value
-        return orjson.dumps({"schema_version": doc.pop("schema_version"), **doc})
+        # orjson writes a dataclass's fields in order, natively: no asdict() deep copy.
+        return orjson.dumps(self)
 
     @property
     def key(self) -> bytes | None:

@@ -153,8 +153,16 @@ class Pipeline:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """Forget a finished task; a crash is a bug: log it loudly. Its event stays
+        unfinished, so its offset is never committed and the work is redone on restart."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("event_task_crashed", exc_info=exc)
+            self.metrics.events.labels("crashed").inc()
 
     async def _run_key(self, test_id: str) -> None:
         """Process one test's events in offset order, one at a time."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import orjson
 import pytest
@@ -307,3 +307,10 @@ def test_any_event_dates_from_finished_on_or_utc_occurred_at(doc: dict[str, Any]
     data = build_data(event)
     assert data["TestDate"] == f"{day.month}/{day.day}/{day.year}"
     assert (data["TestMonth"], data["TestDay"], data["TestYear"]) == (day.month, day.day, day.year)
+
+
+@given(st.text(), st.dictionaries(st.text(min_size=1), st.text(), max_size=3))
+def test_form_body_is_byte_identical_to_urllib_urlencode(data: str, extra: dict[str, str]) -> None:
+    """The fast encoder writes exactly what ``urllib.parse.urlencode`` writes."""
+    fields = [("data", data), *((k, v) for k, v in extra.items() if k != "data")]
+    assert encode_form(data, extra) == urlencode(fields).encode("ascii")
