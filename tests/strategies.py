@@ -8,6 +8,7 @@ wherever the contract allows free text. ``encode_event`` turns one into record b
 
 from __future__ import annotations
 
+import copy
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
@@ -15,6 +16,7 @@ import orjson
 from hypothesis import strategies as st
 
 from consumer.events import LEGACY_STATUSES, SECTION_NAMES, Status
+from tests.factories import EXAMPLE
 
 STATUS_NAMES: Final[tuple[str, ...]] = tuple(s.value for s in Status)
 LEGACY_STATUS_NAMES: Final[tuple[str, ...]] = tuple(LEGACY_STATUSES)
@@ -186,37 +188,7 @@ def event_dicts(
 
 def contract_example() -> dict[str, Any]:
     """A fresh copy of the example event of CONTRACT section 2."""
-    return {
-        "schema_version": 1,
-        "event_id": "0b7f7c1e-5a0b-4c55-9f7a-1d2c3b4a5e6f",
-        "event_type": "status_changed",
-        "occurred_at": "2026-11-25T16:02:11Z",
-        "test_id": "50613490BP",
-        "oid": "crm-000042",
-        "tracking_code": "ACME-UNI",
-        "status": "Complete",
-        "previous_status": "Review",
-        "reset_type": None,
-        "duration_minutes": 87,
-        "finished_on": "2026-11-24",
-        "results": {
-            "score_report_url": "https://results.example.org/r/50613490BP?sig=a+b&x=1",
-            "overall": {"level": 4.3, "cefr": "B2"},
-            "sections": {
-                "grammar": {"level": 4.0, "score": 41, "percent": 67, "cefr": "B1"},
-                "listening": {"level": 3.5, "score": 62, "percent": 62, "cefr": "B1"},
-                "reading": {"level": 4.0, "score": 70, "percent": 70, "cefr": "B2"},
-                "writing": {
-                    "level": 3.0,
-                    "score": 62,
-                    "percent": 62,
-                    "cefr": "B1",
-                    "question_count": 2,
-                },
-                "speaking": {"level": 3.0, "score": 62, "percent": 62, "cefr": "C1+"},
-            },
-        },
-    }
+    return copy.deepcopy(EXAMPLE)
 
 
 def encode_event(doc: dict[str, Any]) -> bytes:

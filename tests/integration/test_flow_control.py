@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import orjson
@@ -24,17 +23,6 @@ from tests.integration.harness import (
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def stack(kafka_bootstrap: str, new_topic: Any, database_url: str) -> Stack:
-    return Stack(
-        bootstrap=kafka_bootstrap,
-        database_url=database_url,
-        events_topic=await new_topic(partitions=3, prefix="test-events"),
-        outcomes_topic=await new_topic(partitions=3, prefix="test-outcomes"),
-        dlq_topic=await new_topic(partitions=1, prefix="test-dlq"),
-    )
 
 
 async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:

@@ -27,17 +27,6 @@ from tests.receiver import Receiver
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def stack(kafka_bootstrap: str, new_topic: Any, database_url: str) -> Stack:
-    return Stack(
-        bootstrap=kafka_bootstrap,
-        database_url=database_url,
-        events_topic=await new_topic(partitions=3, prefix="test-events"),
-        outcomes_topic=await new_topic(partitions=3, prefix="test-outcomes"),
-        dlq_topic=await new_topic(partitions=1, prefix="test-dlq"),
-    )
-
-
 def final_for(event_ids: set[str]) -> Any:
     """A reader predicate: every event id has a final outcome."""
 
