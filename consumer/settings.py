@@ -41,15 +41,21 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
+def _int(text: str) -> int:
+    if not text.strip().isascii() or not text.strip().isdigit():
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if value < 1:
         raise ValueError(f"{value} must be at least 1")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"{value} is not a TCP port")
     return value
