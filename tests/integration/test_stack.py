@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from consumer.topics import ensure_topics
 
 pytestmark = pytest.mark.integration
+
+STACK_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "stack.sh"
 
 
 async def test_a_record_is_produced_consumed_and_committed(
@@ -65,4 +69,24 @@ async def test_ensure_topics_creates_what_is_missing_once(kafka_bootstrap: str) 
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         await admin.delete_topics(names)
+        await admin.close()
+
+
+async def test_stack_up_again_is_harmless(kafka_bootstrap: str) -> None:
+    """`make up` while everything runs changes nothing: exit 0, same broker still answers."""
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        str(STACK_SCRIPT),
+        "up",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, output.decode()
+    assert b"starting" not in output, output.decode()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert (await admin.describe_cluster())["brokers"]
+    finally:
         await admin.close()
