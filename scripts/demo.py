@@ -16,6 +16,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import asyncpg
 import orjson
@@ -44,6 +45,7 @@ class DemoReceiver:
     def __init__(self) -> None:
         self.count = 0
         self.flaky_seen: set[str] = set()
+        self.complete_body: bytes | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -63,6 +65,8 @@ class DemoReceiver:
             except WebhookVerificationError:
                 signature = "BAD SIGNATURE"
         extra = {k: v for k, v in form.items() if k != "data"}
+        if data["Status"] == "Complete" and self.complete_body is None:
+            self.complete_body = body
         say(
             f"  [receiver {request.path}] {data['TestID']} Status={data['Status']} "
             f"TestDate={data['TestDate']} Overall_Level={data['Overall_Level']!r} "
@@ -287,6 +291,23 @@ async def delete_topics(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
+async def read_dead_letters(bootstrap: str, topic: str) -> list[dict[str, str]]:
+    """The headers of every record on the dead-letter topic."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=2000)
+    finally:
+        await consumer.stop()
+    return [
+        {k: v.decode() for k, v in record.headers}
+        for records in batch.values()
+        for record in records
+    ]
+
+
 async def read_outcomes(
     bootstrap: str, topic: str, expected: set[str], within: float
 ) -> list[dict[str, Any]]:
@@ -402,10 +423,18 @@ async def main() -> int:
     finals = {o["event_id"] for o in outcomes if o["outcome"] != "retry_scheduled"}
     missing = expected - finals
     say("\n  T1006 (Review) is not a trigger: no webhook, no outcome, only a metric.")
-    say(
-        "  The invalid event was copied to the dead-letter topic "
-        f"{topics['DEAD_LETTER_TOPIC']} with its error."
-    )
+    dead = await read_dead_letters(base.kafka_bootstrap_servers, topics["DEAD_LETTER_TOPIC"])
+    for headers in dead:
+        say(
+            f"  Dead-lettered to {topics['DEAD_LETTER_TOPIC']}, bytes unchanged: "
+            f"error={headers.get('error')!r} source={headers.get('source')!r}"
+        )
+    if receiver.complete_body is not None:
+        say("\n  The Complete webhook's body, as PHP's $_POST would see it:")
+        for name, value in parse_qsl(receiver.complete_body.decode("ascii")):
+            if name == "data":  # one JSON string; indented here for reading
+                value = orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
+            say(f"  {name} = " + value.replace("\n", "\n    "))
     say(f"\n7. Consumer stopped with SIGTERM: drained, committed, exit code {code}.")
     await delete_topics(base.kafka_bootstrap_servers, list(topics.values()))
     if missing or code != 0:
