@@ -432,9 +432,10 @@ async def main() -> int:
     if receiver.complete_body is not None:
         say("\n  The Complete webhook's body, as PHP's $_POST would see it:")
         for name, value in parse_qsl(receiver.complete_body.decode("ascii")):
+            shown = value
             if name == "data":  # one JSON string; indented here for reading
-                value = orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
-            say(f"  {name} = " + value.replace("\n", "\n    "))
+                shown = orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
+            say(f"  {name} = " + shown.replace("\n", "\n    "))
     say(f"\n7. Consumer stopped with SIGTERM: drained, committed, exit code {code}.")
     await delete_topics(base.kafka_bootstrap_servers, list(topics.values()))
     if missing or code != 0:
