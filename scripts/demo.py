@@ -330,6 +330,29 @@ async def read_outcomes(
     return outcomes
 
 
+def show_outcomes(outcomes: list[dict[str, Any]]) -> None:
+    say(
+        f"  {'test':<6} {'trigger':<16} {'outcome':<16} {'reason':<24} {'try':>3} {'http':>4}"
+        f" {'ms':>6}"
+    )
+    for o in outcomes:
+        latency = f"{o['latency_ms']:.1f}" if o["latency_ms"] is not None else ""
+        say(
+            f"  {o['test_id'] or '':<6} {o['trigger'] or '-':<16} {o['outcome']:<16}"
+            f" {o['reason'] or '':<24} {o['attempt']:>3} {o['http_status'] or '':>4}"
+            f" {latency:>6}"
+        )
+
+
+def show_form(body: bytes) -> None:
+    say("\n  The Complete webhook's body, as PHP's $_POST would see it:")
+    for name, value in parse_qsl(body.decode("ascii")):
+        shown = value
+        if name == "data":  # one JSON string; indented here for reading
+            shown = orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
+        say(f"  {name} = " + shown.replace("\n", "\n    "))
+
+
 async def main() -> int:
     base = Settings.from_env(os.environ)
     topics = {
@@ -409,17 +432,7 @@ async def main() -> int:
     await receiver.stop()
 
     say(f"\n6. Outcomes on {topics['OUTCOMES_TOPIC']} (one final per trigger event):")
-    say(
-        f"  {'test':<6} {'trigger':<16} {'outcome':<16} {'reason':<24} {'try':>3} {'http':>4}"
-        f" {'ms':>6}"
-    )
-    for o in outcomes:
-        latency = f"{o['latency_ms']:.1f}" if o["latency_ms"] is not None else ""
-        say(
-            f"  {o['test_id'] or '':<6} {o['trigger'] or '-':<16} {o['outcome']:<16}"
-            f" {o['reason'] or '':<24} {o['attempt']:>3} {o['http_status'] or '':>4}"
-            f" {latency:>6}"
-        )
+    show_outcomes(outcomes)
     finals = {o["event_id"] for o in outcomes if o["outcome"] != "retry_scheduled"}
     missing = expected - finals
     say("\n  T1006 (Review) is not a trigger: no webhook, no outcome, only a metric.")
@@ -430,12 +443,7 @@ async def main() -> int:
             f"error={headers.get('error')!r} source={headers.get('source')!r}"
         )
     if receiver.complete_body is not None:
-        say("\n  The Complete webhook's body, as PHP's $_POST would see it:")
-        for name, value in parse_qsl(receiver.complete_body.decode("ascii")):
-            shown = value
-            if name == "data":  # one JSON string; indented here for reading
-                shown = orjson.dumps(orjson.loads(value), option=orjson.OPT_INDENT_2).decode()
-            say(f"  {name} = " + shown.replace("\n", "\n    "))
+        show_form(receiver.complete_body)
     say(f"\n7. Consumer stopped with SIGTERM: drained, committed, exit code {code}.")
     await delete_topics(base.kafka_bootstrap_servers, list(topics.values()))
     if missing or code != 0:
