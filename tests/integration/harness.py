@@ -168,6 +168,16 @@ class TopicReader:
                     self.records.extend(records)
         return self.records
 
+    async def read_for(self, seconds: float) -> list[Any]:
+        """Read whatever arrives during ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0:
+            batch = await self._consumer.getmany(timeout_ms=max(1, int(left * 1000)))
+            for records in batch.values():
+                self.records.extend(records)
+        return self.records
+
     def values(self) -> list[dict[str, Any]]:
         return [orjson.loads(r.value) for r in self.records]
 

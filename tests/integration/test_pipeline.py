@@ -7,12 +7,14 @@ import random
 import time
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
+from structlog.testing import capture_logs
 
 from tests.factories import event_dict
 from tests.integration.harness import (
@@ -22,6 +24,7 @@ from tests.integration.harness import (
     publish,
     running_service,
 )
+from tests.proxy import PostgresProxy
 from tests.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -375,3 +378,41 @@ async def test_a_tracking_code_change_takes_effect_within_five_seconds(stack: St
         await new.stop()
     assert [orjson.loads(r.data)["TestID"] for r in old.requests] == ["MV1"]
     assert [orjson.loads(r.data)["TestID"] for r in new.requests] == ["MV2"]
+
+
+async def wait_for_log(logs: list[dict[str, Any]], event: str) -> None:
+    """Wait until ``event`` was logged; capture_logs fills a plain list, so poll it."""
+    async with asyncio.timeout(20):
+        while not any(e["event"] == event for e in logs):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_events_wait_while_postgres_is_away_and_go_out_when_it_returns(
+    stack: Stack, receiver: Receiver
+) -> None:
+    """Lookups that cannot reach Postgres wait: nothing is skipped, failed or committed, and
+    every webhook goes out once Postgres answers again."""
+    await add_tracking_code(stack.database_url, "AWAY", receiver.url)
+    target = urlsplit(stack.database_url)
+    proxy = PostgresProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    through_proxy = target._replace(netloc=f"postgres@127.0.0.1:{proxy.port}").geturl()
+    await proxy.stop()
+    events = [event_dict(test_id=f"AWAY{i}", tracking_code="AWAY") for i in range(5)]
+    await publish(stack.bootstrap, stack.events_topic, events)
+    try:
+        with capture_logs() as logs:
+            async with (
+                running_service(stack.settings(DATABASE_URL=through_proxy)),
+                TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
+            ):
+                await wait_for_log(logs, "tracking_store_unavailable")
+                assert await outcomes.read_for(1.0) == []  # lookups keep failing meanwhile
+                assert receiver.requests == []
+                await proxy.start()
+                await outcomes.until(final_for({e["event_id"] for e in events}))
+    finally:
+        await proxy.stop()
+    assert {doc["outcome"] for doc in outcomes.values()} == {"delivered"}
+    assert len(receiver.requests) == len(events)
+    assert any(e["event"] == "tracking_store_recovered" for e in logs)
