@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             return _run_async(_migrate(settings))
         return _run_async(tracking_admin.run(args, settings.database_url))
+    except ConfigError as exc:
+        print(f"itep-webhooks: bad setting {exc}", file=sys.stderr)
+        return 2
     except ItepWebhooksError as exc:
         print(f"itep-webhooks: {exc}", file=sys.stderr)
         return 1

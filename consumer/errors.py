@@ -7,6 +7,7 @@ ItepWebhooksError            root; ``retriable`` says whether trying again can h
  ├── StoreUnavailable        Postgres cannot be reached right now (retriable)
  ├── MigrationError          a migration file is malformed or failed to apply
  ├── TopicError              a Kafka topic could not be created at start-up
+ ├── StartupError            Kafka, Postgres or the HTTP port cannot be had at start-up
  └── EndpointBlocked         a webhook target resolves only to non-public addresses
 """
 
@@ -76,3 +77,7 @@ class EndpointBlocked(ItepWebhooksError):
     def __init__(self, host: str) -> None:
         super().__init__(f"{host}: resolves only to addresses that are not public")
         self.host = host
+
+
+class StartupError(ItepWebhooksError):
+    """The service cannot start: a broker, the database or a port is not to be had."""

@@ -131,6 +131,9 @@ def _parse_doc(doc: Mapping[str, Any]) -> ExamEvent:
     if not _is_int(version) or version != SCHEMA_VERSION:
         raise InvalidEvent("schema_version", f"must be {SCHEMA_VERSION}, got {version!r}")
     event_id = _required_str(doc, "event_id")
+    if not event_id.isprintable() or not event_id.isascii():
+        # It travels as the webhook-id header: printable ASCII only.
+        raise InvalidEvent("event_id", "must be printable ASCII (it is the webhook-id header)")
     event_type = _enum(doc, "event_type", EventType)
     occurred_text = _required_str(doc, "occurred_at")
     occurred_at = _rfc3339(occurred_text)
@@ -156,6 +159,8 @@ def _parse_doc(doc: Mapping[str, Any]) -> ExamEvent:
     if not _is_int(duration) or duration < 0:
         raise InvalidEvent("duration_minutes", f"must be an integer >= 0, got {duration!r}")
     finished_on = _finished_on(doc.get("finished_on"))
+    if finished_on is None and occurred_at.year <= 1900:
+        raise InvalidEvent("occurred_at", "year must be greater than 1900 when finished_on is null")
     results = None
     if status is Status.COMPLETE:
         raw = doc.get("results")

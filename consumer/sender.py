@@ -4,8 +4,8 @@ One ``ClientSession`` is shared by all deliveries. The body and headers of a
 ``WebhookRequest`` go out byte for byte, redirects are not followed, and the response body
 is read up to ``max_response_bytes`` and otherwise dropped. Timeouts, connection problems
 and refused targets become ``error`` codes (``timeout``, ``connection_error``,
-``endpoint_blocked``, ``invalid_url``) for ``consumer.retry_policy``; only a programming
-error raises.
+``endpoint_blocked``, ``invalid_url``, ``invalid_request``) for ``consumer.retry_policy``;
+only a programming error raises.
 
 A semaphore per endpoint host, taken before the clock starts, keeps one slow receiver from
 taking every slot; a global one of ``max_connections`` keeps aiohttp's own pool from making
@@ -167,6 +167,15 @@ class WebhookSender:
                 error = "timeout"
             except aiohttp.InvalidURL:
                 error = "invalid_url"
+            except ValueError as exc:
+                # aiohttp refuses to send a header with control characters: the request as
+                # built can never be sent, so the attempt fails for good.
+                log.warning(
+                    "webhook_request_invalid",
+                    endpoint_host=request.endpoint_host,
+                    error_type=type(exc).__name__,
+                )
+                error = "invalid_request"
             except aiohttp.ClientError as exc:
                 log.info(
                     "webhook_connection_failed",

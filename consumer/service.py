@@ -6,9 +6,12 @@ import asyncio
 import signal
 from contextlib import AsyncExitStack
 
+import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
+from consumer.errors import ConfigError, StartupError
 from consumer.http_api import HttpApi
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
@@ -20,59 +23,97 @@ from consumer.tracking_store import TrackingCodeStore
 
 log = structlog.get_logger(__name__)
 
+_BAD_DATABASE_URL = (
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+)
+
 
 async def run_service(
     settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
 ) -> None:
-    """Run the consumer until ``stop`` is set (SIGTERM and SIGINT set it)."""
+    """Run the consumer until ``stop`` is set (SIGTERM and SIGINT set it).
+
+    A start-up that cannot work (Kafka unreachable, the database missing or refusing the
+    credentials, the HTTP port taken) raises ``StartupError`` with one readable line.
+    """
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     log.info("service_starting", **settings.safe_summary())
+    async with AsyncExitStack() as stack:
+        try:
+            pipeline = await _start(settings, stack)
+        except KafkaError as exc:
+            raise StartupError(f"cannot start: Kafka: {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"cannot start: {exc}") from None
+        await pipeline.run(stop)
+    log.info("service_stopped")
+
+
+async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
+    """Create the topics, open every connection, and return the pipeline ready to run."""
     await ensure_topics(
         settings.kafka_bootstrap_servers,
         [settings.exam_events_topic, settings.outcomes_topic, settings.dead_letter_topic],
         settings.topic_partitions,
         settings.topic_replication_factor,
     )
+    await check_database(settings.database_url)
     metrics = Metrics()
-    async with AsyncExitStack() as stack:
-        store = TrackingCodeStore(settings.database_url, ttl=settings.tracking_code_ttl)
-        await store.start()
-        stack.push_async_callback(store.close)
-        sender = WebhookSender(
-            connect_timeout=settings.http_connect_timeout,
-            total_timeout=settings.http_total_timeout,
-            max_response_bytes=settings.max_response_bytes,
-            max_per_host=settings.max_in_flight_per_host,
-            allow_private_endpoints=settings.allow_private_endpoints,
-            max_connections=settings.max_in_flight,
-        )
-        await sender.start()
-        stack.push_async_callback(sender.close)
-        publisher = OutcomePublisher(
-            settings.kafka_bootstrap_servers, settings.outcomes_topic, settings.dead_letter_topic
-        )
-        await publisher.start()
-        stack.push_async_callback(publisher.close)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id="itep-webhooks",
-        )
-        pipeline = Pipeline(
-            settings, consumer, store=store, sender=sender, publisher=publisher, metrics=metrics
-        )
-        consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
+    store = TrackingCodeStore(settings.database_url, ttl=settings.tracking_code_ttl)
+    await store.start()
+    stack.push_async_callback(store.close)
+    sender = WebhookSender(
+        connect_timeout=settings.http_connect_timeout,
+        total_timeout=settings.http_total_timeout,
+        max_response_bytes=settings.max_response_bytes,
+        max_per_host=settings.max_in_flight_per_host,
+        allow_private_endpoints=settings.allow_private_endpoints,
+        max_connections=settings.max_in_flight,
+    )
+    await sender.start()
+    stack.push_async_callback(sender.close)
+    publisher = OutcomePublisher(
+        settings.kafka_bootstrap_servers, settings.outcomes_topic, settings.dead_letter_topic
+    )
+    await publisher.start()
+    stack.push_async_callback(publisher.close)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.consumer_group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="itep-webhooks",
+    )
+    pipeline = Pipeline(
+        settings, consumer, store=store, sender=sender, publisher=publisher, metrics=metrics
+    )
+    consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
+    await consumer.start()
+    stack.push_async_callback(consumer.stop)
+    if settings.http_port:
         api = HttpApi(settings.http_port, metrics, lambda: pipeline.ready)
-        if settings.http_port:
-            await api.start()
-            stack.push_async_callback(api.close)
-        await pipeline.run(stop)
-    log.info("service_stopped")
+        await api.start()
+        stack.push_async_callback(api.close)
+    return pipeline
+
+
+async def check_database(dsn: str) -> None:
+    """Refuse to start on a DATABASE_URL that can never work; carry on through an outage.
+
+    A missing database or refused credentials is a bad setting. An unreachable server is an
+    outage like any other: lookups wait for it.
+    """
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except _BAD_DATABASE_URL as exc:
+        raise ConfigError("DATABASE_URL", f"refused by the server: {exc}") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        log.warning("tracking_store_unavailable", error=type(exc).__name__, at="start-up")
+        return
+    await conn.close()

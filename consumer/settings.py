@@ -90,6 +90,26 @@ def _log_format(text: str) -> str:
     return text
 
 
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"{text!r} is not debug, info, warning or error")
+    return level
+
+
+def _tracking_code_ttl(text: str) -> float:
+    value = _positive_duration(text)
+    if value > 5.0:
+        raise ValueError("must be at most 5s: a tracking-code change takes effect within 5 s")
+    return value
+
+
 def _topic(text: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", text):
         raise ValueError(f"{text!r} is not a valid Kafka topic name")
@@ -103,21 +123,22 @@ _SPEC: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "EXAM_EVENTS_TOPIC": ("exam-events", _topic),
     "OUTCOMES_TOPIC": ("webhook-outcomes", _topic),
     "DEAD_LETTER_TOPIC": ("exam-events-dlq", _topic),
-    "CONSUMER_GROUP": ("itep-webhooks", str),
+    "CONSUMER_GROUP": ("itep-webhooks", _non_empty),
     "HTTP_PORT": ("9108", _port),
     "RETRY_SCHEDULE": ("5s,5m,30m,2h,5h,10h,10h", parse_schedule),
     "ALLOW_PRIVATE_ENDPOINTS": ("false", _bool),
     "LOG_FORMAT": ("json", _log_format),
-    "LOG_LEVEL": ("info", str.lower),
+    "LOG_LEVEL": ("info", _log_level),
     "MAX_IN_FLIGHT": ("1000", _positive_int),
     "MAX_IN_FLIGHT_PER_HOST": ("100", _positive_int),
     "HTTP_CONNECT_TIMEOUT": ("5s", _positive_duration),
     "HTTP_TOTAL_TIMEOUT": ("15s", _positive_duration),
     "MAX_RESPONSE_BYTES": ("65536", _positive_int),
+    "INLINE_RETRIES": ("3", _int),
     "INLINE_RETRY_MAX_DELAY": ("30s", parse_duration),
     "COMMIT_INTERVAL": ("1s", _positive_duration),
     "DRAIN_TIMEOUT": ("30s", _positive_duration),
-    "TRACKING_CODE_TTL": ("4s", _positive_duration),
+    "TRACKING_CODE_TTL": ("4s", _tracking_code_ttl),
     "TOPIC_PARTITIONS": ("6", _positive_int),
     "TOPIC_REPLICATION_FACTOR": ("1", _positive_int),
 }
@@ -141,6 +162,7 @@ class Settings:
     http_connect_timeout: float
     http_total_timeout: float
     max_response_bytes: int
+    inline_retries: int
     inline_retry_max_delay: float
     commit_interval: float
     drain_timeout: float
@@ -161,14 +183,12 @@ class Settings:
 
     @property
     def inline_retry_schedule(self) -> tuple[float, ...]:
-        """The steps of ``RETRY_SCHEDULE`` retried in process: those up to the first step
-        longer than ``INLINE_RETRY_MAX_DELAY``."""
-        steps: list[float] = []
-        for delay in self.retry_schedule:
-            if delay > self.inline_retry_max_delay:
-                break
-            steps.append(delay)
-        return tuple(steps)
+        """The retries made in process: the first ``INLINE_RETRIES`` steps of
+        ``RETRY_SCHEDULE``, each shortened to at most ``INLINE_RETRY_MAX_DELAY``."""
+        return tuple(
+            min(delay, self.inline_retry_max_delay)
+            for delay in self.retry_schedule[: self.inline_retries]
+        )
 
     def safe_summary(self) -> dict[str, object]:
         """The settings for a start-up log line, with the database password masked."""

@@ -101,6 +101,10 @@ def validate_tracking_code(code: TrackingCode) -> TrackingCode:
                 raise InvalidTrackingCode("auth_params", f"{name!r} must be a string")
     if code.auth_method is AuthMethod.BASIC and ":" in code.auth_params["username"]:
         raise InvalidTrackingCode("auth_params", "'username' must not contain ':'")
+    if code.auth_method is AuthMethod.BEARER and _HEADER_VALUE_FORBIDDEN.search(
+        code.auth_params["token"]
+    ):
+        raise InvalidTrackingCode("auth_params", "'token' must not contain control characters")
     if code.auth_method is AuthMethod.HEADER:
         if not _HEADER_NAME.fullmatch(code.auth_params["name"]):
             raise InvalidTrackingCode("auth_params", "'name' must be an HTTP header name")

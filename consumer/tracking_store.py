@@ -220,9 +220,14 @@ class TrackingCodeStore:
     async def _fetch(self, codes: list[str]) -> dict[str, TrackingCode]:
         if self._pool is None:
             raise StoreUnavailable("the tracking-code store is not running")
+        # Postgres text cannot hold NUL, so no row matches such a code; sent along, it would
+        # fail the whole batch, again and again, as if the database were down.
+        queryable = [code for code in codes if "\x00" not in code]
+        if not queryable:
+            return {}
         self.queries += 1
         async with asyncio.timeout(self._query_timeout), self._pool.acquire() as conn:
-            rows = await conn.fetch(_SELECT_BY_CODES, codes)
+            rows = await conn.fetch(_SELECT_BY_CODES, queryable)
         found: dict[str, TrackingCode] = {}
         for row in rows:
             try:

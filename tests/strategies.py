@@ -38,6 +38,11 @@ def texts(*, min_size: int = 0, max_size: int = 24) -> st.SearchStrategy[str]:
     return st.text(_characters, min_size=min_size, max_size=max_size)
 
 
+def printable_ascii(min_size: int = 0) -> st.SearchStrategy[str]:
+    """Text that may travel in an HTTP header: printable ASCII."""
+    return st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=min_size)
+
+
 def status_names(*, include_legacy: bool = True) -> st.SearchStrategy[str]:
     return st.sampled_from(ALL_STATUS_NAMES if include_legacy else STATUS_NAMES)
 
@@ -152,7 +157,7 @@ def event_dicts(
     )
     doc: dict[str, Any] = {
         "schema_version": 1,
-        "event_id": draw(st.one_of(st.uuids().map(str), texts(min_size=1))),
+        "event_id": draw(st.one_of(st.uuids().map(str), printable_ascii(min_size=1))),
         "event_type": event_type,
         "occurred_at": draw(rfc3339_timestamps()),
         "test_id": draw(

@@ -377,6 +377,24 @@ async def test_malformed_url_is_reported_not_raised(make_sender: SenderFactory, 
     assert (result.status, result.error) == (None, "invalid_url")
 
 
+async def test_header_with_a_control_character_fails_as_invalid_request(
+    receiver: Receiver, make_sender: SenderFactory
+) -> None:
+    """A header aiohttp refuses to write is a permanent failure, not a crash; nothing is sent."""
+    sender = await make_sender(allow_private_endpoints=True)
+    request = WebhookRequest(
+        url=receiver.url,
+        headers={"webhook-id": "a\nb"},
+        body=b"data=%7B%7D",
+        endpoint_host="127.0.0.1",
+        webhook_id="a\nb",
+        timestamp=0,
+    )
+    result = await sender.send(request)
+    assert (result.status, result.error) == (None, "invalid_request")
+    assert receiver.requests == []
+
+
 async def test_send_before_start_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError):
         await WebhookSender().send(make_request("http://127.0.0.1:9/hook"))

@@ -133,6 +133,20 @@ async def test_unknown_code_is_none_and_cached_as_such(database_url, make_store)
     assert store.queries == 1
 
 
+async def test_a_code_with_a_nul_is_unknown_and_blocks_no_other_lookup(
+    database_url, db, make_store
+):
+    """Postgres text cannot hold NUL: such a code is unknown, and the batch it came in with is
+    still answered."""
+    await insert(db, "REAL")
+    store = await make_store(database_url)
+    evil, real = await asyncio.gather(store.get("EVIL\x00CODE"), store.get("REAL"))
+    assert evil is None
+    assert real is not None
+    assert real.code == "REAL"
+    assert store.available
+
+
 async def test_fifty_concurrent_lookups_of_uncached_codes_make_one_query(
     database_url, db, make_store
 ):

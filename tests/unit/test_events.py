@@ -258,6 +258,8 @@ BREACHES: Final[list[tuple[str, object, Mapping[str, object]]]] = [
     ("event_id", 5, {}),
     ("event_id", None, {}),
     ("event_id", MISSING, {}),
+    ("event_id", "line\nbreak", {}),
+    ("event_id", "caf\u00e9", {}),
     ("event_type", "statusChanged", {}),
     ("event_type", "RESET", {}),
     ("event_type", None, {}),
@@ -549,3 +551,11 @@ def test_offsets_other_than_utc_give_the_same_instant() -> None:
     west = parse({**contract_example(), "occurred_at": "2026-11-25T16:02:11Z"})
     assert east.occurred_at == west.occurred_at
     assert east.occurred_at.tzinfo is UTC
+
+
+def test_occurred_at_before_1901_is_refused_when_it_gives_the_test_date() -> None:
+    """Without finished_on, TestDate comes from occurred_at, whose year must then pass 1900."""
+    doc = {**contract_example(), "finished_on": None, "occurred_at": "1900-06-01T00:00:00Z"}
+    assert rejection(doc).field == "occurred_at"
+    dated = {**doc, "finished_on": "2026-11-24"}
+    assert parse(dated).occurred_at.year == 1900

@@ -72,6 +72,7 @@ def test_auth_method_given_as_a_plain_string_is_refused():
         (AuthMethod.BASIC, {"username": "u", "password": 5}),
         (AuthMethod.BASIC, {"username": "a:b", "password": "p"}),
         (AuthMethod.BEARER, {}),
+        (AuthMethod.BEARER, {"token": "a\x01b"}),
         (AuthMethod.HEADER, {"name": "X-Key"}),
         (AuthMethod.HEADER, {"name": "X Key", "value": "v"}),
         (AuthMethod.HEADER, {"name": "X-Key", "value": "a\r\nInjected: 1"}),
