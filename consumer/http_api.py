@@ -1,4 +1,8 @@
-"""``/metrics``, ``/healthz`` and ``/readyz`` on ``HTTP_PORT`` (aiohttp server only)."""
+"""``/metrics``, ``/healthz`` and ``/readyz`` on ``HTTP_PORT`` (aiohttp server only).
+
+``/healthz`` answers whether the process should be restarted (the poll loop is stuck),
+``/readyz`` whether it consumes (started and not stopping).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,18 @@ from consumer.metrics import Metrics
 
 
 class HttpApi:
-    def __init__(self, port: int, metrics: Metrics, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        port: int,
+        metrics: Metrics,
+        *,
+        is_ready: Callable[[], bool],
+        is_alive: Callable[[], bool],
+    ) -> None:
         self._port = port
         self._metrics = metrics
         self._is_ready = is_ready
+        self._is_alive = is_alive
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -35,7 +47,10 @@ class HttpApi:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        """200 while the poll loop turns; 503 when it has been stuck for minutes."""
+        if self._is_alive():
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "stalled"}, status=503)
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         if self._is_ready():

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
 import orjson
+
+from consumer.errors import InvalidEvent
+from consumer.events import ExamEvent
+from consumer.retry_policy import AttemptResult
 
 SCHEMA_VERSION = 1
 
@@ -56,3 +61,63 @@ class OutcomeRecord:
     @property
     def key(self) -> bytes | None:
         return self.test_id.encode() if self.test_id else None
+
+
+def event_outcome(
+    event: ExamEvent,
+    trigger: str,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    attempt: int = 0,
+    result: AttemptResult | None = None,
+    endpoint_host: str | None = None,
+    next_attempt_at: datetime | None = None,
+) -> OutcomeRecord:
+    """The outcome of a decision about a valid event."""
+    return OutcomeRecord(
+        event_id=event.event_id,
+        test_id=event.test_id,
+        oid=event.oid,
+        tracking_code=event.tracking_code,
+        trigger=trigger,
+        exam_status=event.status.value,
+        outcome=outcome,
+        reason=reason,
+        attempt=attempt,
+        http_status=result.status if result else None,
+        latency_ms=round(result.latency_ms, 1) if result else None,
+        endpoint_host=endpoint_host,
+        event_occurred_at=event.occurred_at_text,
+        recorded_at=format_timestamp(now),
+        next_attempt_at=format_timestamp(next_attempt_at) if next_attempt_at else None,
+    )
+
+
+def rejected_outcome(exc: InvalidEvent, key: bytes | None, now: datetime) -> OutcomeRecord | None:
+    """The ``rejected`` outcome of an invalid event, or None when its event_id is unreadable."""
+    event_id = exc.known.get("event_id")
+    if event_id is None:
+        return None
+    test_id = exc.known.get("test_id")
+    if test_id is None and key is not None:
+        with contextlib.suppress(UnicodeDecodeError):
+            test_id = key.decode()
+    return OutcomeRecord(
+        event_id=event_id,
+        test_id=test_id,
+        oid=exc.known.get("oid"),
+        tracking_code=exc.known.get("tracking_code"),
+        trigger=None,
+        exam_status=None,
+        outcome=Outcome.REJECTED,
+        reason="invalid_event",
+        attempt=0,
+        http_status=None,
+        latency_ms=None,
+        endpoint_host=None,
+        event_occurred_at=exc.known.get("occurred_at"),
+        recorded_at=format_timestamp(now),
+        next_attempt_at=None,
+    )

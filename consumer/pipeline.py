@@ -1,10 +1,16 @@
-"""The consumer loop: fetch -> dispatch -> deliver -> publish the outcome -> commit.
+"""The consumer loop: fetch -> dispatch per test id -> handle -> commit; rebalances; stop.
 
-Work is spread over tasks, one per test id with events waiting, so that a test's webhooks
-go out in event order while different tests proceed at once. Each fetched record is
-tracked by partition and offset; an offset is committed only once every record below it
-has its outcome acknowledged by the broker (or needed none). When too many records are in
-flight, the assigned partitions are paused while the poll loop keeps running.
+Work is spread over tasks, one per test id with events waiting ("runners"), so that a test's
+webhooks go out in event order while different tests proceed at once. Each fetched record is
+tracked by partition and offset; an offset is committed only once every record below it is
+finished, that is its outcome (or dead-letter copy) acknowledged by the broker, or no
+outcome due. When too many records are in flight, the assigned partitions are paused while
+the poll loop keeps running.
+
+Winding down (a stop, or partitions revoked in a rebalance) drops the queued events of the
+partitions concerned, cancels the runners that wait for a retry, lets the others finish the
+event in hand within ``DRAIN_TIMEOUT``, cancels what is left, and commits. Whatever was not
+finished is consumed again by the next owner: nothing is lost, some work may be redone.
 """
 
 from __future__ import annotations
@@ -13,44 +19,24 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import Collection, Coroutine, Iterable
+from typing import Any, Final, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
 from consumer.errors import InvalidEvent
 from consumer.events import ExamEvent, parse_event
+from consumer.handler import EventHandler
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
-from consumer.outcomes import Outcome, OutcomeRecord, format_timestamp
-from consumer.retry_policy import AttemptResult, Delivered, Fail, decide_retry
 from consumer.settings import Settings
-from consumer.tracking_codes import TrackingCode
-from consumer.triggers import Deliver, Ignore, Skip, Trigger, candidate_trigger, decide
-from consumer.webhook import WebhookRequest, build_body, build_request
 
 log = structlog.get_logger(__name__)
 
-PUBLISH_BACKOFF_MAX = 5.0
-
-
-class TrackingLookup(Protocol):
-    async def get(self, code: str) -> TrackingCode | None: ...
-
-
-class Sender(Protocol):
-    async def send(self, request: WebhookRequest) -> AttemptResult: ...
-
-
-class Publisher(Protocol):
-    async def publish(self, record: OutcomeRecord) -> None: ...
-
-    async def dead_letter(
-        self, key: bytes | None, value: bytes | None, error: str, source: str
-    ) -> None: ...
+COMMIT_TIMEOUT: Final = 10.0  # a commit that cannot reach the coordinator gives up this soon
+POLL_RETRY_DELAY: Final = 1.0
 
 
 class Record(Protocol):
@@ -74,44 +60,41 @@ class Pipeline:
         self,
         settings: Settings,
         consumer: AIOKafkaConsumer,
-        *,
-        store: TrackingLookup,
-        sender: Sender,
-        publisher: Publisher,
+        handler: EventHandler,
         metrics: Metrics,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
-        self.store = store
-        self.sender = sender
-        self.publisher = publisher
+        self.handler = handler
         self.metrics = metrics
-        self.clock = clock
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.ready = False
+        self.last_poll = time.monotonic()
         self._queues: dict[str, deque[Item]] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._rejects: dict[asyncio.Task[None], TopicPartition] = {}
         self._progress = asyncio.Event()
         self._paused = False
+        self._stopping = False
         self._commit_lock = asyncio.Lock()
-
-    # -- the loop ---------------------------------------------------------------------
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         return _Rebalance(self)
 
+    # -- the loop ---------------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, then drain, commit and return."""
+        """Consume until ``stop`` is set, then wind down, commit and return."""
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
         max_records = min(500, self.settings.max_in_flight)
+        stopped = asyncio.ensure_future(stop.wait())
         self.ready = True
         log.info("pipeline_started", topic=self.settings.exam_events_topic)
         try:
             while not stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=100, max_records=max_records)
+                batch = await self._poll(stopped, max_records)
+                self.last_poll = time.monotonic()
                 for tp, records in batch.items():
                     for record in records:
                         self._accept(tp, record)
@@ -121,18 +104,44 @@ class Pipeline:
                     last_commit = loop.time()
         finally:
             self.ready = False
+            stopped.cancel()
             await self.shutdown()
 
+    async def _poll(
+        self, stopped: asyncio.Future[Any], max_records: int
+    ) -> dict[TopicPartition, list[Any]]:
+        """One ``getmany``, given up when the stop comes first (say, mid-rebalance).
+
+        Records of a poll given up are not tracked, so no commit can pass them: they are
+        consumed again later.
+        """
+        fetch = asyncio.ensure_future(
+            self.consumer.getmany(timeout_ms=100, max_records=max_records)
+        )
+        await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                await fetch
+            return {}
+        try:
+            batch: dict[TopicPartition, list[Any]] = fetch.result()
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            log.warning("poll_failed", error=type(exc).__name__, retry_in=POLL_RETRY_DELAY)
+            await asyncio.sleep(POLL_RETRY_DELAY)
+            return {}
+        return batch
+
     async def shutdown(self) -> None:
-        """Stop fetching, finish what is in flight within the bound, commit."""
+        """Stop fetching, finish the events in hand within the bound, commit."""
+        self._stopping = True
         assigned = list(self.consumer.assignment())
         if assigned:
             self.consumer.pause(*assigned)
-        in_flight = self.offsets.in_flight()
-        log.info("pipeline_draining", in_flight=in_flight)
-        drained = await self.drain(None, self.settings.drain_timeout)
-        if not drained:
-            await self._cancel_all()
+        log.info("pipeline_draining", in_flight=self.offsets.in_flight())
+        drained = await self.wind_down(None)
         await self.commit("shutdown")
         log.info("pipeline_stopped", drained=drained, left=self.offsets.in_flight())
 
@@ -143,32 +152,23 @@ class Pipeline:
         try:
             event = parse_event(record.value, record.key)
         except InvalidEvent as exc:
-            self._spawn(self._reject(tp, record, exc))
+            task = asyncio.create_task(self._reject(tp, record, exc))
+            self._rejects[task] = tp
+            task.add_done_callback(self._reject_done)
             return
         queue = self._queues.setdefault(event.test_id, deque())
         queue.append((tp, record.offset, event))
-        if event.test_id not in self._runners:
-            self._runners[event.test_id] = self._spawn(self._run_key(event.test_id))
+        self._ensure_runner(event.test_id)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        """Forget a finished task; a crash is a bug: log it loudly. Its event stays
-        unfinished, so its offset is never committed and the work is redone on restart."""
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("event_task_crashed", exc_info=exc)
-            self.metrics.events.labels("crashed").inc()
+    def _ensure_runner(self, test_id: str) -> None:
+        if test_id not in self._runners and not self._stopping:
+            self._runners[test_id] = _spawn(self._run_key(test_id))
 
     async def _run_key(self, test_id: str) -> None:
-        """Process one test's events in offset order, one at a time."""
+        """Handle one test's events in offset order, one at a time."""
         queue = self._queues[test_id]
         try:
-            while queue:
+            while queue and not self._stopping:
                 tp, offset, event = queue[0]
                 with structlog.contextvars.bound_contextvars(
                     event_id=event.event_id,
@@ -176,195 +176,35 @@ class Pipeline:
                     partition=tp.partition,
                     offset=offset,
                 ):
-                    await self._process(event)
+                    try:
+                        await self.handler.handle(event)
+                    except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition: it is logged with its traceback and reported failed
+                        await self.handler.report_crash(event, exc)
                 queue.popleft()
                 self._finish(tp, offset)
         finally:
             self._runners.pop(test_id, None)
             if not queue:
                 self._queues.pop(test_id, None)
+            self._progress.set()
+
+    async def _reject(self, tp: TopicPartition, record: Record, exc: InvalidEvent) -> None:
+        source = f"{tp.topic}/{tp.partition}/{record.offset}"
+        with structlog.contextvars.bound_contextvars(partition=tp.partition, offset=record.offset):
+            await self.handler.reject(record.key, record.value, exc, source)
+        self._finish(tp, record.offset)
+
+    def _reject_done(self, task: asyncio.Task[None]) -> None:
+        self._rejects.pop(task, None)
+        self._progress.set()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("event_rejection_crashed", exc_info=exc)
 
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         self.offsets.finish(tp, offset)
         self._progress.set()
 
-    # -- decisions --------------------------------------------------------------------
-
-    async def _process(self, event: ExamEvent) -> None:
-        trigger = candidate_trigger(event)
-        if trigger is None:
-            self.metrics.events.labels("not_a_trigger").inc()
-            return
-        code = await self.store.get(event.tracking_code) if event.tracking_code else None
-        decision = decide(event, code)
-        if isinstance(decision, Ignore):
-            self.metrics.events.labels(decision.why).inc()
-            log.debug("event_ignored", why=decision.why)
-        elif isinstance(decision, Skip):
-            self.metrics.events.labels("skipped").inc()
-            log.info("webhook_skipped", reason=decision.reason, trigger=decision.trigger.value)
-            await self._publish(
-                self._record(
-                    event, decision.trigger, Outcome.SKIPPED, reason=decision.reason, attempt=0
-                )
-            )
-        else:
-            self.metrics.events.labels("trigger").inc()
-            await self._deliver(event, decision)
-
-    async def _deliver(self, event: ExamEvent, decision: Deliver) -> None:
-        code = decision.tracking_code
-        body = build_body(event, code)
-        schedule = self.settings.inline_retry_schedule
-        attempt = 1
-        while True:
-            request = build_request(event, code, body, int(self.clock()))
-            result = await self.sender.send(request)
-            self.metrics.latency.observe(result.latency_ms / 1000)
-            now = datetime.fromtimestamp(self.clock(), UTC)
-            verdict = decide_retry(result, attempt, now, schedule)
-            host = request.endpoint_host
-            if isinstance(verdict, Delivered):
-                self.metrics.attempts.labels("delivered").inc()
-                log.info("webhook_delivered", status=result.status, attempt=attempt, host=host)
-                await self._publish(
-                    self._record(
-                        event,
-                        decision.trigger,
-                        Outcome.DELIVERED,
-                        attempt=attempt,
-                        result=result,
-                        host=host,
-                    )
-                )
-                return
-            if isinstance(verdict, Fail):
-                self.metrics.attempts.labels("failed").inc()
-                log.warning(
-                    "webhook_failed",
-                    reason=verdict.reason,
-                    status=result.status,
-                    attempt=attempt,
-                    host=host,
-                )
-                await self._publish(
-                    self._record(
-                        event,
-                        decision.trigger,
-                        Outcome.FAILED,
-                        reason=verdict.reason,
-                        attempt=attempt,
-                        result=result,
-                        host=host,
-                    )
-                )
-                return
-            self.metrics.attempts.labels("retry").inc()
-            next_at = format_timestamp(verdict.at)
-            log.info(
-                "webhook_retry_scheduled",
-                reason=verdict.reason,
-                attempt=attempt,
-                status=result.status,
-                next_attempt_at=next_at,
-                host=host,
-            )
-            await self._publish(
-                self._record(
-                    event,
-                    decision.trigger,
-                    Outcome.RETRY_SCHEDULED,
-                    reason=verdict.reason,
-                    attempt=attempt,
-                    result=result,
-                    host=host,
-                    next_attempt_at=next_at,
-                )
-            )
-            await asyncio.sleep(max(0.0, (verdict.at - now).total_seconds()))
-            attempt += 1
-
-    async def _reject(self, tp: TopicPartition, record: Record, exc: InvalidEvent) -> None:
-        source = f"{tp.topic}/{tp.partition}/{record.offset}"
-        with structlog.contextvars.bound_contextvars(partition=tp.partition, offset=record.offset):
-            log.warning("event_rejected", field=exc.field, rule=exc.rule, **exc.known)
-            self.metrics.events.labels("invalid").inc()
-            await self._with_backoff(
-                lambda: self.publisher.dead_letter(record.key, record.value, str(exc), source)
-            )
-            if "event_id" in exc.known:
-                test_id = exc.known.get("test_id") or _decode(record.key)
-                await self._publish(
-                    OutcomeRecord(
-                        event_id=exc.known["event_id"],
-                        test_id=test_id,
-                        oid=exc.known.get("oid"),
-                        tracking_code=exc.known.get("tracking_code"),
-                        trigger=None,
-                        exam_status=None,
-                        outcome=Outcome.REJECTED,
-                        reason="invalid_event",
-                        attempt=0,
-                        http_status=None,
-                        latency_ms=None,
-                        endpoint_host=None,
-                        event_occurred_at=exc.known.get("occurred_at"),
-                        recorded_at=format_timestamp(datetime.fromtimestamp(self.clock(), UTC)),
-                        next_attempt_at=None,
-                    )
-                )
-        self._finish(tp, record.offset)
-
-    # -- outcomes ---------------------------------------------------------------------
-
-    def _record(
-        self,
-        event: ExamEvent,
-        trigger: Trigger,
-        outcome: Outcome,
-        *,
-        reason: str | None = None,
-        attempt: int,
-        result: AttemptResult | None = None,
-        host: str | None = None,
-        next_attempt_at: str | None = None,
-    ) -> OutcomeRecord:
-        return OutcomeRecord(
-            event_id=event.event_id,
-            test_id=event.test_id,
-            oid=event.oid,
-            tracking_code=event.tracking_code,
-            trigger=trigger.value,
-            exam_status=event.status.value,
-            outcome=outcome,
-            reason=reason,
-            attempt=attempt,
-            http_status=result.status if result else None,
-            latency_ms=round(result.latency_ms, 1) if result else None,
-            endpoint_host=host,
-            event_occurred_at=event.occurred_at_text,
-            recorded_at=format_timestamp(datetime.fromtimestamp(self.clock(), UTC)),
-            next_attempt_at=next_attempt_at,
-        )
-
-    async def _publish(self, record: OutcomeRecord) -> None:
-        await self._with_backoff(lambda: self.publisher.publish(record))
-        self.metrics.outcomes.labels(record.outcome.value, record.reason or "").inc()
-
-    async def _with_backoff(self, send: Callable[[], Any]) -> None:
-        """Publish until the broker acknowledges: an outcome is never dropped."""
-        delay = 0.1
-        while True:
-            try:
-                await send()
-            except KafkaError as exc:
-                log.warning("publish_failed", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, PUBLISH_BACKOFF_MAX)
-            else:
-                return
-
-    # -- flow control and commits -----------------------------------------------------
+    # -- flow control -----------------------------------------------------------------
 
     def _apply_backpressure(self) -> None:
         in_flight = self.offsets.in_flight()
@@ -381,23 +221,73 @@ class Pipeline:
             self.metrics.paused.set(0)
             log.info("fetching_resumed", in_flight=in_flight)
 
-    async def drain(self, partitions: Iterable[TopicPartition] | None, within: float) -> bool:
-        """Wait until nothing is in flight on ``partitions`` (all when None), or time out."""
-        chosen = None if partitions is None else list(partitions)
+    # -- winding down -----------------------------------------------------------------
+
+    async def wind_down(self, partitions: Collection[TopicPartition] | None) -> bool:
+        """Stop the work of ``partitions`` (all when None); True when all of it finished in
+        time. Queued events are dropped, retry waits cancelled, events in hand finished
+        within ``DRAIN_TIMEOUT`` and then cancelled."""
+
+        def concerned(tp: TopicPartition) -> bool:
+            return partitions is None or tp in partitions
+
+        cancelled = []
+        for test_id, queue in self._queues.items():
+            runner = self._runners.get(test_id)
+            in_hand = queue[0] if queue and runner is not None else None
+            if in_hand is not None and concerned(in_hand[0]) and runner in self.handler.waiting:
+                runner.cancel()
+                cancelled.append(runner)
+                in_hand = None
+            kept = [item for item in queue if item is in_hand or not concerned(item[0])]
+            if len(kept) != len(queue):
+                queue.clear()
+                queue.extend(kept)
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        self._restart_runners()
+        drained = await self._wait_idle(concerned)
+        if not drained:
+            await self._cancel(concerned)
+        return drained
+
+    def _busy(self, concerned: Any) -> list[asyncio.Task[None]]:  # noqa: ANN401 - a predicate
+        """Tasks working on an event of a concerned partition."""
+        busy = [task for task, tp in self._rejects.items() if concerned(tp)]
+        for test_id, queue in self._queues.items():
+            runner = self._runners.get(test_id)
+            if runner is not None and queue and concerned(queue[0][0]):
+                busy.append(runner)
+        return busy
+
+    async def _wait_idle(self, concerned: Any) -> bool:  # noqa: ANN401 - a predicate
         try:
-            async with asyncio.timeout(within):
-                while self.offsets.in_flight(chosen):
+            async with asyncio.timeout(self.settings.drain_timeout):
+                while self._busy(concerned):
                     self._progress.clear()
                     await self._progress.wait()
         except TimeoutError:
             return False
         return True
 
-    async def _cancel_all(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
+    async def _cancel(self, concerned: Any) -> None:  # noqa: ANN401 - a predicate
+        busy = self._busy(concerned)
+        for task in busy:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*busy, return_exceptions=True)
+        for queue in self._queues.values():
+            kept = [item for item in queue if not concerned(item[0])]
+            queue.clear()
+            queue.extend(kept)
+        self._restart_runners()
+
+    def _restart_runners(self) -> None:
+        """Forget emptied queues; give every queue left without its runner a new one."""
+        for test_id in [t for t, q in self._queues.items() if not q and t not in self._runners]:
+            del self._queues[test_id]
+        for test_id in list(self._queues):
+            self._ensure_runner(test_id)
+
+    # -- commits and rebalances -------------------------------------------------------
 
     async def commit(self, why: str, partitions: Iterable[TopicPartition] | None = None) -> None:
         async with self._commit_lock:
@@ -405,8 +295,9 @@ class Pipeline:
             if not offsets:
                 return
             try:
-                await self.consumer.commit(offsets)
-            except (CommitFailedError, KafkaError) as exc:
+                async with asyncio.timeout(COMMIT_TIMEOUT):
+                    await self.consumer.commit(offsets)
+            except (KafkaError, TimeoutError) as exc:
                 log.warning("commit_failed", why=why, error=type(exc).__name__)
                 return
             self.offsets.committed(offsets)
@@ -424,7 +315,7 @@ class Pipeline:
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         if not revoked:
             return
-        drained = await self.drain(revoked, self.settings.drain_timeout)
+        drained = await self.wind_down(set(revoked))
         await self.commit("revoke", revoked)
         self.offsets.revoke(revoked)
         log.info("partitions_revoked", partitions=[str(tp) for tp in revoked], drained=drained)
@@ -447,9 +338,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._pipeline.on_assigned(list(assigned))
 
 
-def _decode(key: bytes | None) -> str | None:
-    if key is None:
-        return None
-    with contextlib.suppress(UnicodeDecodeError):
-        return key.decode()
-    return None
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro)
+    task.add_done_callback(_log_crash)
+    return task
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("runner_crashed", exc_info=exc)

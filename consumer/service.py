@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import time
 from contextlib import AsyncExitStack
 
 import asyncpg
@@ -12,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from consumer.errors import ConfigError, StartupError
+from consumer.handler import EventHandler
 from consumer.http_api import HttpApi
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
@@ -22,6 +25,12 @@ from consumer.topics import ensure_topics
 from consumer.tracking_store import TrackingCodeStore
 
 log = structlog.get_logger(__name__)
+
+EXIT_FORCED = 130
+REBALANCE_MARGIN = 15.0
+# The poll loop runs at least every 100 ms; blocked this long (a rebalance that never ends,
+# say), /healthz reports it.
+STALL_AFTER = 120.0
 
 _BAD_DATABASE_URL = (
     asyncpg.InvalidCatalogNameError,
@@ -42,7 +51,7 @@ async def run_service(
     if handle_signals:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_signal, stop)
     log.info("service_starting", **settings.safe_summary())
     async with AsyncExitStack() as stack:
         try:
@@ -53,6 +62,15 @@ async def run_service(
             raise StartupError(f"cannot start: {exc}") from None
         await pipeline.run(stop)
     log.info("service_stopped")
+
+
+def _on_signal(stop: asyncio.Event) -> None:
+    """The first SIGTERM or SIGINT stops the service cleanly; a second one ends it at once
+    (what was not committed is consumed again after the restart)."""
+    if stop.is_set():
+        log.warning("service_killed", why="second signal during shutdown")
+        os._exit(EXIT_FORCED)
+    stop.set()
 
 
 async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
@@ -89,15 +107,28 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         client_id="itep-webhooks",
+        # A revocation may take DRAIN_TIMEOUT to finish the events in hand; the group waits
+        # that long (and a margin) before it hands the partitions to someone else.
+        rebalance_timeout_ms=int((settings.drain_timeout + REBALANCE_MARGIN) * 1000),
     )
-    pipeline = Pipeline(
-        settings, consumer, store=store, sender=sender, publisher=publisher, metrics=metrics
+    handler = EventHandler(
+        store=store,
+        sender=sender,
+        publisher=publisher,
+        metrics=metrics,
+        retry_schedule=settings.inline_retry_schedule,
     )
+    pipeline = Pipeline(settings, consumer, handler, metrics)
     consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
     await consumer.start()
     stack.push_async_callback(consumer.stop)
     if settings.http_port:
-        api = HttpApi(settings.http_port, metrics, lambda: pipeline.ready)
+        api = HttpApi(
+            settings.http_port,
+            metrics,
+            is_ready=lambda: pipeline.ready,
+            is_alive=lambda: time.monotonic() - pipeline.last_poll < STALL_AFTER,
+        )
         await api.start()
         stack.push_async_callback(api.close)
     return pipeline

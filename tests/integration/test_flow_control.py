@@ -43,7 +43,7 @@ async def wait_for_gauge(
     """Scrape /metrics until the gauge has ``value``; the service is observed from outside,
     so polling is the only way to wait."""
     async with asyncio.timeout(20):
-        while (await scrape(session, port)).get(name) != value:  # noqa: ASYNC110
+        while (await scrape(session, port)).get(name) != value:
             await asyncio.sleep(0.1)
 
 

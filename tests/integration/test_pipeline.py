@@ -383,7 +383,7 @@ async def test_a_tracking_code_change_takes_effect_within_five_seconds(stack: St
 async def wait_for_log(logs: list[dict[str, Any]], event: str) -> None:
     """Wait until ``event`` was logged; capture_logs fills a plain list, so poll it."""
     async with asyncio.timeout(20):
-        while not any(e["event"] == event for e in logs):  # noqa: ASYNC110
+        while not any(e["event"] == event for e in logs):
             await asyncio.sleep(0.05)
 
 

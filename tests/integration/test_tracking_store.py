@@ -95,7 +95,7 @@ async def insert(db: asyncpg.Connection, code: str, url: str = "https://h.exampl
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll a counter or flag of the store, which offers no event to await."""
     async with asyncio.timeout(timeout):
-        while not condition():  # noqa: ASYNC110 -- see the docstring
+        while not condition():
             await asyncio.sleep(0.01)
 
 

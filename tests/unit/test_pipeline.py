@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
 from structlog.testing import capture_logs
 
+from consumer.handler import EventHandler
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
 from consumer.pipeline import Pipeline
@@ -47,11 +48,12 @@ class Store:
 class Sender:
     def __init__(self) -> None:
         self.sent: list[WebhookRequest] = []
+        self.status = 200
 
     async def send(self, request: WebhookRequest) -> AttemptResult:
         self.sent.append(request)
         await asyncio.sleep(0)
-        return AttemptResult(status=200, latency_ms=1.0)
+        return AttemptResult(status=self.status, latency_ms=1.0)
 
 
 class Publisher:
@@ -69,13 +71,15 @@ class Publisher:
 
 def make_pipeline(store: Store) -> tuple[Pipeline, Sender, Publisher]:
     sender, publisher = Sender(), Publisher()
+    metrics = Metrics()
+    handler = EventHandler(
+        store=store, sender=sender, publisher=publisher, metrics=metrics, retry_schedule=()
+    )
     pipeline = Pipeline(
         Settings.from_env({}),
         FakeConsumer(),  # type: ignore[arg-type]
-        store=store,
-        sender=sender,
-        publisher=publisher,
-        metrics=Metrics(),
+        handler,
+        metrics,
     )
     pipeline.offsets.assign([TP])
     return pipeline, sender, publisher
@@ -91,20 +95,51 @@ async def test_offsets_advance_past_events_that_need_no_webhook() -> None:
     pipeline, sender, publisher = make_pipeline(Store())
     pipeline._accept(TP, record(0, test_id="A", status="Review"))
     pipeline._accept(TP, record(1, test_id="B"))
-    assert await pipeline.drain(None, within=5)
+    await wait_until_finished(pipeline, 2)
     assert pipeline.offsets.to_commit() == {TP: 2}
     assert [o.test_id for o in publisher.outcomes] == ["B"]
     assert len(sender.sent) == 1
 
 
-async def test_a_crashing_task_is_logged_and_its_offset_is_never_committed() -> None:
-    """A bug while handling an event is logged as event_task_crashed; the event stays
-    unfinished, so the commit cannot move past it."""
+async def test_a_bug_while_handling_is_logged_reported_failed_and_passed() -> None:
+    """A bug while handling an event is logged with its traceback and reported as a failed
+    outcome (internal_error); the partition carries on and its offset moves past it."""
     pipeline, _, publisher = make_pipeline(Store(fail=True))
     with capture_logs() as logs:
         pipeline._accept(TP, record(0, test_id="A", status="Ready", previous_status=None))
         pipeline._accept(TP, record(1, test_id="B"))
-        assert not await pipeline.drain(None, within=0.2)
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["event_task_crashed"]
-    assert pipeline.offsets.to_commit() == {TP: 1}
-    assert publisher.outcomes == []
+        pipeline._accept(TP, record(2, test_id="B", status="Invalidated"))
+        await wait_until_finished(pipeline, 3)
+    crashes = [e for e in logs if e["event"] == "event_handling_crashed"]
+    assert len(crashes) == 2
+    assert all(e["log_level"] == "error" and e["exc_info"] for e in crashes)
+    assert [(o.test_id, o.outcome.value, o.reason) for o in publisher.outcomes] == [
+        ("B", "failed", "internal_error"),
+        ("B", "failed", "internal_error"),
+    ]
+    assert pipeline.offsets.to_commit() == {TP: 3}
+
+
+async def test_winding_down_cancels_a_retry_wait_and_drops_queued_events() -> None:
+    """On a stop, a runner waiting for a retry is cancelled at once and events queued
+    behind it are dropped unfinished, so the commit stays below them."""
+    pipeline, sender, publisher = make_pipeline(Store())
+    pipeline.handler.retry_schedule = (3600.0,)
+    sender.status = 503
+    pipeline._accept(TP, record(0, test_id="A"))
+    pipeline._accept(TP, record(1, test_id="A"))
+    async with asyncio.timeout(5):
+        while not pipeline.handler.waiting:
+            await asyncio.sleep(0)
+    pipeline.settings = replace(pipeline.settings, drain_timeout=5.0)
+    async with asyncio.timeout(2):
+        assert await pipeline.wind_down(None)
+    assert [o.outcome.value for o in publisher.outcomes] == ["retry_scheduled"]
+    assert pipeline.offsets.to_commit() == {TP: 0}
+    assert len(sender.sent) == 1
+
+
+async def wait_until_finished(pipeline: Pipeline, offset: int) -> None:
+    async with asyncio.timeout(5):
+        while pipeline.offsets.to_commit().get(TP) != offset:
+            await asyncio.sleep(0.01)
