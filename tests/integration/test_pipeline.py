@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from structlog.testing import capture_logs
 
 from tests.factories import event_dict
@@ -416,3 +417,26 @@ async def test_events_wait_while_postgres_is_away_and_go_out_when_it_returns(
     assert {doc["outcome"] for doc in outcomes.values()} == {"delivered"}
     assert len(receiver.requests) == len(events)
     assert any(e["event"] == "tracking_store_recovered" for e in logs)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])
+async def test_events_from_a_compressing_producer_are_delivered(
+    stack: Stack, receiver: Receiver, compression: str
+) -> None:
+    """Upstream producers may compress their batches with any codec Kafka offers."""
+    await add_tracking_code(stack.database_url, "ZIP", receiver.url)
+    event = event_dict(test_id=f"ZIP{compression}", tracking_code="ZIP")
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, compression_type=compression)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            stack.events_topic, orjson.dumps(event), key=event["test_id"].encode()
+        )
+    finally:
+        await producer.stop()
+    async with (
+        running_service(stack.settings()),
+        TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
+    ):
+        await outcomes.until(final_for({event["event_id"]}))
+    assert [doc["outcome"] for doc in outcomes.values()] == ["delivered"]
