@@ -153,6 +153,8 @@ class WebhookSender:
                 log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
                 return AttemptResult(status=None, latency_ms=0.0, error="endpoint_blocked")
         async with self._host_slot(request.endpoint_host), connections:
+            # Waiting for a slot may take a while: the timestamp is that of the POST itself.
+            request = request.stamped(int(time.time()))
             # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
             started = time.perf_counter()
             status: int | None = None

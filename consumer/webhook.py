@@ -11,7 +11,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from consumer import __version__
@@ -31,6 +31,19 @@ class WebhookRequest:
     endpoint_host: str
     webhook_id: str
     timestamp: int
+    signing_secret: str | None = field(default=None, repr=False)
+
+    def stamped(self, timestamp: int) -> WebhookRequest:
+        """The same request sent at ``timestamp``: ``webhook-timestamp`` and the signature
+        follow it, since receivers refuse a timestamp too far from their clock."""
+        if timestamp == self.timestamp:
+            return self
+        headers = {**self.headers, "webhook-timestamp": str(timestamp)}
+        if self.signing_secret:
+            headers["webhook-signature"] = sign(
+                self.signing_secret, self.webhook_id, timestamp, self.body
+            )
+        return replace(self, headers=headers, timestamp=timestamp)
 
 
 def endpoint_host(url: str) -> str:
@@ -98,4 +111,5 @@ def build_request(
         endpoint_host=endpoint_host(code.endpoint_url),
         webhook_id=event.event_id,
         timestamp=timestamp,
+        signing_secret=code.signing_secret,
     )

@@ -202,6 +202,21 @@ async def test_signature_verifies_on_what_the_receiver_got(
     assert_verifies(SECRET, got.body, got.headers)
 
 
+async def test_a_request_built_earlier_goes_out_with_the_time_of_sending(
+    receiver: Receiver, make_sender: SenderFactory
+) -> None:
+    """A request that waited (for a slot, say) is stamped and signed when it is sent, so the
+    receiver's five-minute timestamp check passes."""
+    sender = await make_sender()
+    event = make_event()
+    code = TrackingCode(code="ACME-UNI", endpoint_url=receiver.url, signing_secret=SECRET)
+    hour_ago = int(time.time()) - 3600
+    await sender.send(build_request(event, code, build_body(event, code), hour_ago))
+    [got] = receiver.requests
+    assert int(got.headers["webhook-timestamp"]) >= hour_ago + 3600
+    assert_verifies(SECRET, got.body, got.headers)
+
+
 async def test_redirect_is_not_followed(receiver: Receiver, make_sender: SenderFactory) -> None:
     async def redirect(request: web.Request, number: int) -> web.StreamResponse:
         return web.Response(status=302, headers={"Location": "/elsewhere"})

@@ -176,3 +176,21 @@ def test_repr_of_request_and_tracking_code_shows_no_secret() -> None:
         for secret in ("query-secret-1", SECRET, "basic-secret-2", "Basic ", "Authorization"):
             assert secret not in text
     assert "hooks.example.edu" in repr(make_request(code))
+
+
+def test_stamped_request_moves_timestamp_and_signature_together() -> None:
+    """Restamping keeps id and body, and the new signature verifies at the new time."""
+    request = make_request(code_with(signing_secret=SECRET), timestamp=1_700_000_000)
+    now = int(time.time())
+    stamped = request.stamped(now)
+    assert stamped.headers["webhook-timestamp"] == str(now)
+    assert stamped.headers["webhook-id"] == request.headers["webhook-id"]
+    assert stamped.body == request.body
+    assert stamped.headers["webhook-signature"] != request.headers["webhook-signature"]
+    assert_verifies(SECRET, stamped.body, stamped.headers)
+
+
+def test_stamping_an_unsigned_request_adds_no_signature() -> None:
+    stamped = make_request(code_with(), timestamp=1_700_000_000).stamped(1_700_000_009)
+    assert stamped.headers["webhook-timestamp"] == "1700000009"
+    assert "webhook-signature" not in stamped.headers
