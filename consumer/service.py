@@ -75,13 +75,13 @@ def _on_signal(stop: asyncio.Event) -> None:
 
 async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
     """Create the topics, open every connection, and return the pipeline ready to run."""
+    await check_database(settings.database_url)
     await ensure_topics(
         settings.kafka_bootstrap_servers,
         [settings.exam_events_topic, settings.outcomes_topic, settings.dead_letter_topic],
         settings.topic_partitions,
         settings.topic_replication_factor,
     )
-    await check_database(settings.database_url)
     metrics = Metrics()
     store = TrackingCodeStore(settings.database_url, ttl=settings.tracking_code_ttl)
     await store.start()
