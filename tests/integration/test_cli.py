@@ -68,3 +68,19 @@ async def test_migrate_applies_then_finds_nothing_to_do(empty_database_url: str)
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
     finally:
         await conn.close()
+
+
+async def test_the_database_password_never_reaches_the_logs() -> None:
+    """The start-up line lists every setting, with the DSN's password masked."""
+    url = "postgresql://postgres:pw-s3cr3t-x@127.0.0.1:5432/itep_webhooks"
+    code, out, err = await run_cli(
+        "run",
+        DATABASE_URL=url,
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+        HTTP_PORT="0",
+        LOG_FORMAT="json",
+    )
+    assert code == 1
+    assert "service_starting" in err
+    assert "cannot start: Kafka" in err
+    assert "pw-s3cr3t-x" not in out + err
