@@ -16,9 +16,10 @@ TP = TypeVar("TP", bound=Hashable)
 class PartitionOffsets:
     """Offsets of one partition that are fetched and not yet committable, in fetch order."""
 
-    __slots__ = ("_committed", "_pending", "_unfinished")
+    __slots__ = ("_committed", "_pending", "_unfinished", "first")
 
     def __init__(self) -> None:
+        self.first: int | None = None  # the first offset fetched: where consumption began
         self._pending: deque[int] = deque()
         self._unfinished: set[int] = set()
         self._committed: int | None = None
@@ -29,6 +30,8 @@ class PartitionOffsets:
     def add(self, offset: int) -> None:
         if self._pending and offset <= self._pending[-1]:
             raise ValueError(f"offset {offset} fetched out of order after {self._pending[-1]}")
+        if self.first is None:
+            self.first = offset
         self._pending.append(offset)
         self._unfinished.add(offset)
 
@@ -94,3 +97,12 @@ class OffsetTracker(Generic[TP]):
 
     def committed(self, offsets: dict[TP, int]) -> None:
         self._last_commit.update(offsets)
+
+    def consumed_from(self, tp: TP) -> int | None:
+        """Where the group stands on ``tp``: the offset last committed here, else the first
+        offset fetched since the partition was assigned (None before that)."""
+        committed = self._last_commit.get(tp)
+        if committed is not None:
+            return committed
+        partition = self._partitions.get(tp)
+        return partition.first if partition is not None else None

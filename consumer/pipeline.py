@@ -101,6 +101,7 @@ class Pipeline:
                 self._apply_backpressure()
                 if loop.time() - last_commit >= self.settings.commit_interval:
                     await self.commit("timer")
+                    self._measure_lag()
                     last_commit = loop.time()
         finally:
             self.ready = False
@@ -302,15 +303,20 @@ class Pipeline:
                 return
             self.offsets.committed(offsets)
             self.metrics.commits.labels(why).inc()
-            for tp, offset in offsets.items():
-                highwater = self.consumer.highwater(tp)
-                if highwater is not None:
-                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - offset)
             log.debug(
                 "offsets_committed",
                 why=why,
                 offsets={f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()},
             )
+
+    def _measure_lag(self) -> None:
+        """Records behind the high watermark, counted from the committed offset: a stalled
+        partition shows its lag growing even while nothing is committed."""
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            consumed = self.offsets.consumed_from(tp)
+            if highwater is not None and consumed is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - consumed)
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         if not revoked:

@@ -37,6 +37,18 @@ async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
     }
 
 
+async def scrape_labelled(session: aiohttp.ClientSession, port: int, name: str) -> list[float]:
+    """Every value of one labelled metric."""
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    return [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
 async def wait_for_gauge(
     session: aiohttp.ClientSession, port: int, name: str, value: float
 ) -> None:
@@ -79,6 +91,10 @@ async def test_partitions_pause_at_the_in_flight_limit_and_resume(stack: Stack) 
             await asyncio.sleep(1.0)  # time in which an unbounded consumer would fetch all 300
             stalled = await scrape(session, port)
             assert stalled["itep_events_in_flight"] <= 40
+            lag = await scrape_labelled(session, port, "itep_consumer_lag")
+            # Partitions fetched from show how far behind they are, stalled or not.
+            assert lag, "no lag reported"
+            assert max(lag) > 40, "a stalled consumer shows its lag"
             assert len(receiver.requests) <= 40
             release.set()
             await outcomes.until(lambda records: len(records) >= len(events), timeout=60)

@@ -34,6 +34,9 @@ class FakeConsumer:
     def assignment(self) -> set[TopicPartition]:
         return {TP}
 
+    def highwater(self, _tp: TopicPartition) -> int:
+        return 10
+
 
 class Store:
     def __init__(self, fail: bool = False) -> None:
@@ -143,3 +146,14 @@ async def wait_until_finished(pipeline: Pipeline, offset: int) -> None:
     async with asyncio.timeout(5):
         while pipeline.offsets.to_commit().get(TP) != offset:
             await asyncio.sleep(0.01)
+
+
+async def test_lag_is_measured_from_where_consumption_stands_even_when_stalled() -> None:
+    """Nothing finished, nothing committed: the lag still counts from the first offset."""
+    pipeline, _, _ = make_pipeline(Store())
+    pipeline.offsets.add(TP, 3)
+    pipeline._measure_lag()
+    lag = pipeline.metrics.registry.get_sample_value(
+        "itep_consumer_lag", {"topic": TP.topic, "partition": "0"}
+    )
+    assert lag == 7
