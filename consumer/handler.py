@@ -76,6 +76,8 @@ class EventHandler:
         # Tasks waiting for a retry; a stop or a revocation cancels them at once instead of
         # waiting out the delay (their event stays unfinished and is redone).
         self.waiting: set[asyncio.Task[object]] = set()
+        # Called when a task starts waiting for a retry (the pipeline wakes its drain).
+        self.on_wait: Callable[[], None] = lambda: None
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -184,6 +186,7 @@ class EventHandler:
         task = asyncio.current_task()
         assert task is not None
         self.waiting.add(task)
+        self.on_wait()
         try:
             await asyncio.sleep(max(0.0, seconds))
         finally:

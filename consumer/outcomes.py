@@ -63,6 +63,17 @@ class OutcomeRecord:
         return self.test_id.encode() if self.test_id else None
 
 
+# An outcome must always fit in a Kafka record, whatever an event carried: echoed strings
+# longer than this are cut (an oid of a megabyte would otherwise make the outcome unsendable).
+MAX_ECHOED = 1024
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_ECHOED:
+        return text
+    return text[: MAX_ECHOED - 3] + "..."
+
+
 def event_outcome(
     event: ExamEvent,
     trigger: str,
@@ -77,10 +88,10 @@ def event_outcome(
 ) -> OutcomeRecord:
     """The outcome of a decision about a valid event."""
     return OutcomeRecord(
-        event_id=event.event_id,
-        test_id=event.test_id,
-        oid=event.oid,
-        tracking_code=event.tracking_code,
+        event_id=_clip(event.event_id),
+        test_id=_clip(event.test_id),
+        oid=_clip(event.oid),
+        tracking_code=_clip(event.tracking_code),
         trigger=trigger,
         exam_status=event.status.value,
         outcome=outcome,
@@ -105,10 +116,10 @@ def rejected_outcome(exc: InvalidEvent, key: bytes | None, now: datetime) -> Out
         with contextlib.suppress(UnicodeDecodeError):
             test_id = key.decode()
     return OutcomeRecord(
-        event_id=event_id,
-        test_id=test_id,
-        oid=exc.known.get("oid"),
-        tracking_code=exc.known.get("tracking_code"),
+        event_id=_clip(event_id),
+        test_id=_clip(test_id),
+        oid=_clip(exc.known.get("oid")),
+        tracking_code=_clip(exc.known.get("tracking_code")),
         trigger=None,
         exam_status=None,
         outcome=Outcome.REJECTED,
@@ -117,7 +128,7 @@ def rejected_outcome(exc: InvalidEvent, key: bytes | None, now: datetime) -> Out
         http_status=None,
         latency_ms=None,
         endpoint_host=None,
-        event_occurred_at=exc.known.get("occurred_at"),
+        event_occurred_at=_clip(exc.known.get("occurred_at")),
         recorded_at=format_timestamp(now),
         next_attempt_at=None,
     )

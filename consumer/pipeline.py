@@ -74,6 +74,7 @@ class Pipeline:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._rejects: dict[asyncio.Task[None], TopicPartition] = {}
         self._progress = asyncio.Event()
+        handler.on_wait = self._progress.set
         self._paused = False
         self._stopping = False
         self._commit_lock = asyncio.Lock()
@@ -163,7 +164,15 @@ class Pipeline:
 
     def _ensure_runner(self, test_id: str) -> None:
         if test_id not in self._runners and not self._stopping:
-            self._runners[test_id] = _spawn(self._run_key(test_id))
+            runner = _spawn(self._run_key(test_id))
+            self._runners[test_id] = runner
+            runner.add_done_callback(lambda task: self._forget_runner(test_id, task))
+
+    def _forget_runner(self, test_id: str, task: asyncio.Task[None]) -> None:
+        """Also for a runner cancelled before its first step, whose ``finally`` never ran."""
+        if self._runners.get(test_id) is task:
+            del self._runners[test_id]
+        self._progress.set()
 
     async def _run_key(self, test_id: str) -> None:
         """Handle one test's events in offset order, one at a time."""
@@ -180,7 +189,7 @@ class Pipeline:
                     try:
                         await self.handler.handle(event)
                     except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition: it is logged with its traceback and reported failed
-                        await self.handler.report_crash(event, exc)
+                        await self._report_crash(event, exc)
                 queue.popleft()
                 self._finish(tp, offset)
         finally:
@@ -189,17 +198,24 @@ class Pipeline:
                 self._queues.pop(test_id, None)
             self._progress.set()
 
+    async def _report_crash(self, event: ExamEvent, exc: Exception) -> None:
+        try:
+            await self.handler.report_crash(event, exc)
+        except Exception:
+            log.exception("crash_report_failed")
+
     async def _reject(self, tp: TopicPartition, record: Record, exc: InvalidEvent) -> None:
         source = f"{tp.topic}/{tp.partition}/{record.offset}"
         with structlog.contextvars.bound_contextvars(partition=tp.partition, offset=record.offset):
-            await self.handler.reject(record.key, record.value, exc, source)
+            try:
+                await self.handler.reject(record.key, record.value, exc, source)
+            except Exception:
+                log.exception("event_rejection_crashed")
         self._finish(tp, record.offset)
 
     def _reject_done(self, task: asyncio.Task[None]) -> None:
         self._rejects.pop(task, None)
         self._progress.set()
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("event_rejection_crashed", exc_info=exc)
 
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         self.offsets.finish(tp, offset)
@@ -247,8 +263,8 @@ class Pipeline:
         await asyncio.gather(*cancelled, return_exceptions=True)
         self._restart_runners()
         drained = await self._wait_idle(concerned)
-        if not drained:
-            await self._cancel(concerned)
+        # What is left: runners that began a retry wait meanwhile, or overran the bound.
+        await self._cancel(concerned)
         return drained
 
     def _busy(self, concerned: Any) -> list[asyncio.Task[None]]:  # noqa: ANN401 - a predicate
@@ -261,9 +277,15 @@ class Pipeline:
         return busy
 
     async def _wait_idle(self, concerned: Any) -> bool:  # noqa: ANN401 - a predicate
+        """Wait, within ``DRAIN_TIMEOUT``, until no task works on a concerned partition but
+        those waiting for a retry (they are cancelled, not waited for)."""
+
+        def working() -> bool:
+            return any(task not in self.handler.waiting for task in self._busy(concerned))
+
         try:
             async with asyncio.timeout(self.settings.drain_timeout):
-                while self._busy(concerned):
+                while working():
                     self._progress.clear()
                     await self._progress.wait()
         except TimeoutError:

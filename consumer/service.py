@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import asyncpg
@@ -27,6 +28,7 @@ from consumer.tracking_store import TrackingCodeStore
 log = structlog.get_logger(__name__)
 
 EXIT_FORCED = 130
+CLOSE_TIMEOUT = 10.0
 REBALANCE_MARGIN = 15.0
 # The poll loop runs at least every 100 ms; blocked this long (a rebalance that never ends,
 # say), /healthz reports it.
@@ -64,6 +66,16 @@ async def run_service(
     log.info("service_stopped")
 
 
+async def _bounded(name: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Close one part within ``CLOSE_TIMEOUT``: during a Kafka outage the clients' own stop
+    waits for their request timeouts, which would hold the exit for a minute or more."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await close()
+    except TimeoutError:
+        log.warning("close_timed_out", part=name, after_seconds=CLOSE_TIMEOUT)
+
+
 def _on_signal(stop: asyncio.Event) -> None:
     """The first SIGTERM or SIGINT stops the service cleanly; a second one ends it at once
     (what was not committed is consumed again after the restart)."""
@@ -85,7 +97,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
     metrics = Metrics()
     store = TrackingCodeStore(settings.database_url, ttl=settings.tracking_code_ttl)
     await store.start()
-    stack.push_async_callback(store.close)
+    stack.push_async_callback(_bounded, "store", store.close)
     sender = WebhookSender(
         connect_timeout=settings.http_connect_timeout,
         total_timeout=settings.http_total_timeout,
@@ -95,12 +107,12 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
         max_connections=settings.max_in_flight,
     )
     await sender.start()
-    stack.push_async_callback(sender.close)
+    stack.push_async_callback(_bounded, "sender", sender.close)
     publisher = OutcomePublisher(
         settings.kafka_bootstrap_servers, settings.outcomes_topic, settings.dead_letter_topic
     )
     await publisher.start()
-    stack.push_async_callback(publisher.close)
+    stack.push_async_callback(_bounded, "publisher", publisher.close)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=settings.consumer_group,
@@ -121,7 +133,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
     pipeline = Pipeline(settings, consumer, handler, metrics)
     consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
     await consumer.start()
-    stack.push_async_callback(consumer.stop)
+    stack.push_async_callback(_bounded, "consumer", consumer.stop)
     if settings.http_port:
         api = HttpApi(
             settings.http_port,
@@ -130,7 +142,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
             is_alive=lambda: time.monotonic() - pipeline.last_poll < STALL_AFTER,
         )
         await api.start()
-        stack.push_async_callback(api.close)
+        stack.push_async_callback(_bounded, "http_api", api.close)
     return pipeline
 
 

@@ -8,7 +8,15 @@ from typing import Any
 import orjson
 import pytest
 
-from consumer.outcomes import Outcome, OutcomeRecord, format_timestamp
+from consumer.events import parse_event
+from consumer.outcomes import (
+    MAX_ECHOED,
+    Outcome,
+    OutcomeRecord,
+    event_outcome,
+    format_timestamp,
+)
+from tests.strategies import contract_example
 
 CONTRACT_KEYS = [
     "schema_version",
@@ -146,3 +154,14 @@ def test_outcome_names_are_the_contract_spellings() -> None:
         "rejected",
         "retry_scheduled",
     }
+
+
+def test_echoed_strings_are_clipped_so_an_outcome_always_fits() -> None:
+    """A megabyte oid is cut in the outcome; the outcome stays small."""
+    doc = {**contract_example(), "oid": "x" * 1_000_000}
+    event = parse_event(orjson.dumps(doc), b"50613490BP")
+    record = event_outcome(event, "completed", Outcome.DELIVERED, datetime.now(UTC))
+    assert record.oid is not None
+    assert len(record.oid) == MAX_ECHOED
+    assert record.oid.endswith("...")
+    assert len(record.to_json()) < 4 * MAX_ECHOED

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from structlog.testing import capture_logs
 
 from consumer.handler import EventHandler
@@ -31,11 +32,20 @@ class Record:
 
 
 class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[dict[TopicPartition, int]] = []
+
     def assignment(self) -> set[TopicPartition]:
         return {TP}
 
     def highwater(self, _tp: TopicPartition) -> int:
         return 10
+
+    def pause(self, *_partitions: TopicPartition) -> None:
+        return None
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
 
 
 class Store:
@@ -157,3 +167,91 @@ async def test_lag_is_measured_from_where_consumption_stands_even_when_stalled()
         "itep_consumer_lag", {"topic": TP.topic, "partition": "0"}
     )
     assert lag == 7
+
+
+class RefusingPublisher:
+    """The broker refuses every record about test BIG as too large."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[OutcomeRecord] = []
+
+    async def publish(self, record: OutcomeRecord) -> None:
+        if record.test_id == "BIG":
+            raise MessageSizeTooLargeError("too large")
+        self.outcomes.append(record)
+
+    async def dead_letter(
+        self, key: bytes | None, value: bytes | None, error: str, source: str
+    ) -> None:
+        raise MessageSizeTooLargeError("too large")
+
+
+async def test_a_failing_crash_report_still_moves_the_partition_on() -> None:
+    """When even the failed outcome cannot be published, the failure is logged and the
+    test's next events still run: no queue is left without its runner."""
+    pipeline, _, _ = make_pipeline(Store())
+    pipeline.handler.publisher = RefusingPublisher()
+    with capture_logs() as logs:
+        pipeline._accept(TP, record(0, test_id="BIG"))
+        pipeline._accept(TP, record(1, test_id="BIG", status="Invalidated"))
+        await wait_until_finished(pipeline, 2)
+    assert [e["event"] for e in logs].count("crash_report_failed") == 2
+    assert not pipeline._runners
+    assert not pipeline._queues
+
+
+async def test_a_rejection_that_cannot_be_published_still_finishes_its_offset() -> None:
+    pipeline, _, _ = make_pipeline(Store())
+    pipeline.handler.publisher = RefusingPublisher()
+    bad = event_dict(test_id="BIG", status="Nope")
+    with capture_logs() as logs:
+        pipeline._accept(TP, Record(0, b"BIG", orjson.dumps(bad)))
+        await wait_until_finished(pipeline, 1)
+    assert "dead_letter_failed" in [e["event"] for e in logs]
+
+
+class SlowFailingSender:
+    async def send(self, request: WebhookRequest) -> AttemptResult:
+        await asyncio.sleep(0.2)
+        return AttemptResult(status=503, latency_ms=1.0)
+
+
+async def test_a_retry_wait_begun_during_a_drain_is_cancelled_without_waiting() -> None:
+    """A runner that gets its 503 after the drain began is not waited for until the bound."""
+    pipeline, _, _ = make_pipeline(Store())
+    pipeline.handler.sender = SlowFailingSender()
+    pipeline.handler.retry_schedule = (3600.0,)
+    pipeline.settings = replace(pipeline.settings, drain_timeout=3.0)
+    pipeline._accept(TP, record(0, test_id="A"))
+    await asyncio.sleep(0.05)  # sending, not yet waiting
+    async with asyncio.timeout(1.5):
+        assert await pipeline.wind_down(None)
+    assert not pipeline._runners
+    assert not pipeline.handler.waiting
+    assert pipeline.offsets.to_commit() == {TP: 0}
+
+
+async def test_a_revoked_then_reassigned_partition_starts_clean() -> None:
+    """Revoking drops the partition's queued events and retry waits; once assigned again,
+    the events fetched anew are handled in order."""
+    pipeline, sender, publisher = make_pipeline(Store())
+    pipeline.handler.retry_schedule = (3600.0,)
+    sender.status = 503
+    pipeline._accept(TP, record(0, test_id="A"))
+    async with asyncio.timeout(2):
+        while not pipeline.handler.waiting:
+            await asyncio.sleep(0)
+    pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
+    await pipeline.on_revoked([TP])
+    assert not pipeline._runners
+    assert not pipeline._queues
+    pipeline.on_assigned([TP])
+    sender.status = 200
+    pipeline._accept(TP, record(0, test_id="A"))
+    pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
+    await wait_until_finished(pipeline, 2)
+    assert [o.outcome.value for o in publisher.outcomes] == [
+        "retry_scheduled",
+        "delivered",
+        "delivered",
+    ]
