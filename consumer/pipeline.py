@@ -193,9 +193,10 @@ class Pipeline:
                 queue.popleft()
                 self._finish(tp, offset)
         finally:
-            self._runners.pop(test_id, None)
-            if not queue:
-                self._queues.pop(test_id, None)
+            if self._runners.get(test_id) is asyncio.current_task():
+                del self._runners[test_id]
+            if not queue and self._queues.get(test_id) is queue:
+                del self._queues[test_id]
             self._progress.set()
 
     async def _report_crash(self, event: ExamEvent, exc: Exception) -> None:
