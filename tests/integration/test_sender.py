@@ -30,6 +30,7 @@ from consumer.webhook import (
     build_body,
     build_request,
 )
+from tests.factories import event_dict
 from tests.receiver import Receiver
 from tests.signatures import assert_verifies
 
@@ -44,32 +45,11 @@ SenderFactory = Callable[..., Awaitable[WebhookSender]]
 
 
 def make_event(event_id: str = "0b7f7c1e-5a0b-4c55-9f7a-1d2c3b4a5e6f") -> ExamEvent:
-    doc: dict[str, Any] = {
-        "schema_version": 1,
-        "event_id": event_id,
-        "event_type": "status_changed",
-        "occurred_at": "2026-11-25T16:02:11Z",
-        "test_id": "50613490BP",
-        "oid": TRICKY,
-        "tracking_code": "ACME-UNI",
-        "status": "Complete",
-        "previous_status": "Review",
-        "duration_minutes": 87,
-        "finished_on": "2026-11-24",
-        "results": {
-            "score_report_url": TRICKY_URL,
-            "overall": {"level": 4.3, "cefr": "B2+ (très bien) 中"},
-            "sections": {
-                "writing": {
-                    "level": 3.0,
-                    "score": 62,
-                    "percent": 62,
-                    "cefr": "B1&B2=ok",
-                    "question_count": 2,
-                },
-            },
-        },
-    }
+    """The contract's example with form specials and non-ASCII in every text it carries."""
+    doc = event_dict(event_id=event_id, oid=TRICKY)
+    doc["results"]["score_report_url"] = TRICKY_URL
+    doc["results"]["overall"]["cefr"] = "B2+ (très bien) 中"
+    doc["results"]["sections"]["writing"]["cefr"] = "B1&B2=ok"
     return parse_event(orjson.dumps(doc))
 
 

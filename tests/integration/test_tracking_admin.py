@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import AsyncIterator
 
-import asyncpg
 import pytest
 
 from consumer import tracking_admin
 from consumer.tracking_codes import AuthMethod
-from consumer.tracking_store import TrackingCodeStore, init_connection
+from consumer.tracking_store import TrackingCodeStore
 from consumer.webhook import sign
 
 pytestmark = pytest.mark.integration
@@ -44,16 +42,6 @@ def cli(database_url, capsys):
         return status, out, err
 
     return run
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    await init_connection(conn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def test_add_show_list_update_disable_enable_round_trip(cli, db, database_url):

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from consumer.errors import StoreUnavailable
 from consumer.tracking_codes import AuthMethod, TrackingCode
-from consumer.tracking_store import TrackingCodeStore, init_connection
+from consumer.tracking_store import TrackingCodeStore
 from tests.proxy import PostgresProxy
 
 pytestmark = pytest.mark.integration
@@ -33,16 +33,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    await init_connection(conn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from consumer.events import ExamEvent, parse_event
 from consumer.payload import encode_data
 from consumer.tracking_codes import AuthMethod, TrackingCode
 from consumer.webhook import WebhookRequest, build_body, build_request, endpoint_host
+from tests.factories import event_dict
 from tests.signatures import assert_verifies
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
@@ -23,25 +24,8 @@ TRICKY = "a+b&c=d%20e f é 中文 😀"
 
 
 def make_event(**changes: Any) -> ExamEvent:
-    doc: dict[str, Any] = {
-        "schema_version": 1,
-        "event_id": "0b7f7c1e-5a0b-4c55-9f7a-1d2c3b4a5e6f",
-        "event_type": "status_changed",
-        "occurred_at": "2026-11-25T16:02:11Z",
-        "test_id": "50613490BP",
-        "oid": TRICKY,
-        "tracking_code": "ACME-UNI",
-        "status": "Complete",
-        "previous_status": "Review",
-        "duration_minutes": 87,
-        "finished_on": "2026-11-24",
-        "results": {
-            "score_report_url": "https://results.example.org/r/50613490BP?sig=a+b&x=1",
-            "overall": {"level": 4.3, "cefr": "B2"},
-            "sections": {"grammar": {"level": 4.0, "score": 41, "percent": 67, "cefr": "B1"}},
-        },
-    }
-    doc.update(changes)
+    """The contract's example with a fixed event id and an oid full of form specials."""
+    doc = event_dict(event_id="0b7f7c1e-5a0b-4c55-9f7a-1d2c3b4a5e6f", oid=TRICKY, **changes)
     return parse_event(orjson.dumps(doc))
 
 
