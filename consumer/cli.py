@@ -10,10 +10,11 @@ from typing import Any
 
 import uvloop
 
-from consumer import __version__, tracking_admin
+from consumer import __version__
+from consumer.admin import tracking_codes as tracking_admin
+from consumer.admin.migrate import apply_migrations
 from consumer.errors import ConfigError, ItepWebhooksError
 from consumer.logs import configure_logging
-from consumer.migrate import apply_migrations
 from consumer.service import run_service
 from consumer.settings import Settings
 

@@ -22,14 +22,14 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
+from consumer.delivery.retry_policy import AttemptResult, Delivered, Fail, decide_retry
+from consumer.delivery.webhook import WebhookRequest, build_body, build_request
 from consumer.errors import InvalidEvent
 from consumer.events import ExamEvent
 from consumer.metrics import Metrics
 from consumer.outcomes import Outcome, OutcomeRecord, event_outcome, rejected_outcome
-from consumer.retry_policy import AttemptResult, Delivered, Fail, decide_retry
 from consumer.tracking_codes import TrackingCode
 from consumer.triggers import Deliver, Ignore, Skip, candidate_trigger, decide
-from consumer.webhook import WebhookRequest, build_body, build_request
 
 log = structlog.get_logger(__name__)
 

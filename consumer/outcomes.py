@@ -9,9 +9,9 @@ from enum import StrEnum
 
 import orjson
 
+from consumer.delivery.retry_policy import AttemptResult
 from consumer.errors import InvalidEvent
 from consumer.events import ExamEvent
-from consumer.retry_policy import AttemptResult
 
 SCHEMA_VERSION = 1
 

@@ -14,13 +14,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from consumer.delivery.sender import WebhookSender
 from consumer.errors import ConfigError, StartupError
 from consumer.handler import EventHandler
 from consumer.http_api import HttpApi
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.publisher import OutcomePublisher
-from consumer.sender import WebhookSender
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
 from consumer.tracking_store import TrackingCodeStore

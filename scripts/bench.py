@@ -33,11 +33,11 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from consumer.delivery.webhook import build_body, build_request
 from consumer.events import Results, SectionResult, parse_event
 from consumer.settings import Settings
 from consumer.tracking_codes import TrackingCode
 from consumer.triggers import Deliver, decide
-from consumer.webhook import build_body, build_request
 from producers.builder import ExamEventMessage
 from producers.publisher import EventPublisher
 

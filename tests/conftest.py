@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from consumer.migrate import apply_migrations
+from consumer.admin.migrate import apply_migrations
 from tests.receiver import Receiver
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")

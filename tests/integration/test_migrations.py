@@ -12,8 +12,8 @@ import asyncpg
 import orjson
 import pytest
 
+from consumer.admin.migrate import DEFAULT_SQL_DIR, apply_migrations, load_migrations
 from consumer.errors import MigrationError
-from consumer.migrate import DEFAULT_SQL_DIR, apply_migrations, load_migrations
 
 pytestmark = pytest.mark.integration
 

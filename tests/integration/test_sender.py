@@ -19,17 +19,17 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from consumer.events import ExamEvent, parse_event
-from consumer.payload import encode_data
-from consumer.sender import WebhookSender
-from consumer.tracking_codes import AuthMethod, TrackingCode
-from consumer.webhook import (
+from consumer.delivery.sender import WebhookSender
+from consumer.delivery.webhook import (
     FORM_CONTENT_TYPE,
     USER_AGENT,
     WebhookRequest,
     build_body,
     build_request,
 )
+from consumer.events import ExamEvent, parse_event
+from consumer.payload import encode_data
+from consumer.tracking_codes import AuthMethod, TrackingCode
 from tests.factories import event_dict
 from tests.receiver import Receiver
 from tests.signatures import assert_verifies

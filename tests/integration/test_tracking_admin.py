@@ -9,10 +9,10 @@ import io
 
 import pytest
 
-from consumer import tracking_admin
+from consumer.admin import tracking_codes as tracking_admin
+from consumer.delivery.webhook import sign
 from consumer.tracking_codes import AuthMethod
 from consumer.tracking_store import TrackingCodeStore
-from consumer.webhook import sign
 
 pytestmark = pytest.mark.integration
 

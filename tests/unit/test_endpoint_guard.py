@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from consumer.endpoint_guard import (
+from consumer.delivery.endpoint_guard import (
     GuardedResolver,
     is_blocked_address,
     literal_address,

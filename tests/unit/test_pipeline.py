@@ -11,14 +11,14 @@ from aiokafka import TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from structlog.testing import capture_logs
 
+from consumer.delivery.retry_policy import AttemptResult
+from consumer.delivery.webhook import WebhookRequest
 from consumer.handler import EventHandler
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
 from consumer.pipeline import Pipeline
-from consumer.retry_policy import AttemptResult
 from consumer.settings import Settings
 from consumer.tracking_codes import TrackingCode
-from consumer.webhook import WebhookRequest
 from tests.factories import event_dict
 
 TP = TopicPartition("exam-events", 0)

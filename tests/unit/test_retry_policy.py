@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from consumer.retry_policy import AttemptResult, Delivered, Fail, RetryAt, decide_retry
+from consumer.delivery.retry_policy import AttemptResult, Delivered, Fail, RetryAt, decide_retry
 
 NOW = datetime(2026, 11, 25, 16, 2, 11, tzinfo=UTC)
 SCHEDULE = (5.0, 300.0, 1800.0)

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumer.delivery.webhook import sign
 from consumer.errors import InvalidTrackingCode
 from consumer.tracking_codes import AuthMethod, TrackingCode, validate_tracking_code
-from consumer.webhook import sign
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 

@@ -12,10 +12,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from consumer import __version__
+from consumer.delivery.webhook import WebhookRequest, build_body, build_request, endpoint_host
 from consumer.events import ExamEvent, parse_event
 from consumer.payload import encode_data
 from consumer.tracking_codes import AuthMethod, TrackingCode
-from consumer.webhook import WebhookRequest, build_body, build_request, endpoint_host
 from tests.factories import event_dict
 from tests.signatures import assert_verifies
 

@@ -4,7 +4,7 @@ One ``ClientSession`` is shared by all deliveries. The body and headers of a
 ``WebhookRequest`` go out byte for byte, redirects are not followed, and the response body
 is read up to ``max_response_bytes`` and otherwise dropped. Timeouts, connection problems
 and refused targets become ``error`` codes (``timeout``, ``connection_error``,
-``endpoint_blocked``, ``invalid_url``, ``invalid_request``) for ``consumer.retry_policy``;
+``endpoint_blocked``, ``invalid_url``, ``invalid_request``) for ``consumer.delivery.retry_policy``;
 only a programming error raises.
 
 A semaphore per endpoint host, taken before the clock starts, keeps one slow receiver from
@@ -27,15 +27,15 @@ from aiohttp import hdrs
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from consumer.endpoint_guard import (
+from consumer.delivery.endpoint_guard import (
     GuardedResolver,
     is_blocked_address,
     literal_address,
 )
+from consumer.delivery.retry_policy import AttemptResult
+from consumer.delivery.webhook import WebhookRequest
 from consumer.errors import EndpointBlocked
-from consumer.retry_policy import AttemptResult
 from consumer.settings import Settings
-from consumer.webhook import WebhookRequest
 
 log = structlog.get_logger()
 

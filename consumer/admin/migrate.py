@@ -29,7 +29,7 @@ import structlog
 from consumer.errors import MigrationError
 
 SQL_DIR_ENV: Final = "ITEP_WEBHOOKS_SQL_DIR"
-DEFAULT_SQL_DIR: Final = Path(__file__).resolve().parent.parent / "sql"
+DEFAULT_SQL_DIR: Final = Path(__file__).resolve().parents[2] / "sql"
 
 # Any fixed 64-bit number; advisory locks are scoped to the current database.
 _LOCK_KEY: Final = 0x17E9_3E6B_0001

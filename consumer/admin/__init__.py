@@ -1,0 +1,1 @@
+"""Staff and SRE commands: migrations, tracking codes, scheduled deliveries."""

@@ -1,0 +1,1 @@
+"""Sending webhooks: the request, the attempt, its verdict, the schedule and the breaker."""
