@@ -11,6 +11,7 @@ from typing import Any
 import uvloop
 
 from consumer import __version__
+from consumer.admin import deliveries as deliveries_admin
 from consumer.admin import tracking_codes as tracking_admin
 from consumer.admin.migrate import apply_migrations
 from consumer.errors import ConfigError, ItepWebhooksError
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the consumer service (settings from the environment)")
     commands.add_parser("migrate", help="apply pending sql/ migrations to DATABASE_URL")
     tracking_admin.register(commands)
+    deliveries_admin.register(commands)
     return parser
 
 
@@ -62,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_serve(settings))
         if args.command == "migrate":
             return _run_async(_migrate(settings))
+        if args.command == "deliveries":
+            return _run_async(deliveries_admin.run(args, settings.database_url))
         return _run_async(tracking_admin.run(args, settings.database_url))
     except ConfigError as exc:
         print(f"itep-webhooks: bad setting {exc}", file=sys.stderr)

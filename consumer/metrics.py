@@ -48,3 +48,39 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.scheduled = Gauge(
+            "itep_scheduled_deliveries",
+            "Deliveries in the schedule, by state (pending: waiting for an attempt; dead: "
+            "failed for good, kept for replay)",
+            ["state"],
+            registry=r,
+        )
+        self.oldest_overdue = Gauge(
+            "itep_schedule_oldest_overdue_seconds",
+            "How long the oldest due delivery has waited past its due time (paused codes "
+            "and deliveries being attempted left out)",
+            registry=r,
+        )
+        self.scheduled_in_flight = Gauge(
+            "itep_scheduled_attempts_in_flight",
+            "Deliveries claimed from the schedule and being attempted by this instance",
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "itep_breaker_state",
+            "Circuit breaker per tracking code: 0 closed, 1 half-open, 2 open",
+            ["tracking_code"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "itep_breaker_transitions",
+            "Circuit breaker state changes, by tracking code and new state",
+            ["tracking_code", "state"],
+            registry=r,
+        )
+        self.breaker_skipped = Counter(
+            "itep_breaker_skipped_attempts",
+            "Attempts not made because the tracking code's breaker was open",
+            ["tracking_code"],
+            registry=r,
+        )

@@ -7,10 +7,16 @@ finished, that is its outcome (or dead-letter copy) acknowledged by the broker, 
 outcome due. When too many records are in flight, the assigned partitions are paused while
 the poll loop keeps running.
 
+A delivery that cannot be made at once (a failed attempt, a busy, paused or failing
+endpoint) is handed to the durable schedule, and its event counts finished: no runner waits
+for a retry. When a partition is assigned, the test ids with deliveries waiting in the
+schedule are loaded for it, so that a later event of such a test joins the schedule behind
+them (see ``consumer.delivery.deliverer.WaitingTests``).
+
 Winding down (a stop, or partitions revoked in a rebalance) drops the queued events of the
-partitions concerned, cancels the runners that wait for a retry, lets the others finish the
-event in hand within ``DRAIN_TIMEOUT``, cancels what is left, and commits. Whatever was not
-finished is consumed again by the next owner: nothing is lost, some work may be redone.
+partitions concerned, lets the runners finish the event in hand within ``DRAIN_TIMEOUT``,
+cancels what is left, and commits. Whatever was not finished is consumed again by the next
+owner: nothing is lost, some work may be redone.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer.errors import InvalidEvent
+from consumer.delivery.deliverer import Source, WaitingTests
+from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import ExamEvent, parse_event
 from consumer.handler import EventHandler
 from consumer.metrics import Metrics
@@ -52,7 +59,11 @@ class Record(Protocol):
     def value(self) -> bytes | None: ...
 
 
-Item = tuple[TopicPartition, int, ExamEvent]
+Item = tuple[TopicPartition, int, ExamEvent, bytes]
+
+
+class WaitingLoader(Protocol):
+    async def waiting_tests(self, topic: str, partitions: list[int]) -> dict[int, set[str]]: ...
 
 
 class Pipeline:
@@ -62,11 +73,16 @@ class Pipeline:
         consumer: AIOKafkaConsumer,
         handler: EventHandler,
         metrics: Metrics,
+        *,
+        schedule: WaitingLoader,
+        waiting: WaitingTests,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
         self.handler = handler
         self.metrics = metrics
+        self.schedule = schedule
+        self.waiting = waiting
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.ready = False
         self.last_poll = time.monotonic()
@@ -74,7 +90,6 @@ class Pipeline:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._rejects: dict[asyncio.Task[None], TopicPartition] = {}
         self._progress = asyncio.Event()
-        handler.on_wait = self._progress.set
         self._paused = False
         self._stopping = False
         self._commit_lock = asyncio.Lock()
@@ -159,7 +174,7 @@ class Pipeline:
             task.add_done_callback(self._reject_done)
             return
         queue = self._queues.setdefault(event.test_id, deque())
-        queue.append((tp, record.offset, event))
+        queue.append((tp, record.offset, event, record.value or b""))
         self._ensure_runner(event.test_id)
 
     def _ensure_runner(self, test_id: str) -> None:
@@ -179,7 +194,7 @@ class Pipeline:
         queue = self._queues[test_id]
         try:
             while queue and not self._stopping:
-                tp, offset, event = queue[0]
+                tp, offset, event, raw = queue[0]
                 with structlog.contextvars.bound_contextvars(
                     event_id=event.event_id,
                     test_id=test_id,
@@ -187,7 +202,8 @@ class Pipeline:
                     offset=offset,
                 ):
                     try:
-                        await self.handler.handle(event)
+                        source = Source(tp.topic, tp.partition, offset)
+                        await self.handler.handle(event, source, raw)
                     except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition: it is logged with its traceback and reported failed
                         await self._report_crash(event, exc)
                 queue.popleft()
@@ -243,28 +259,22 @@ class Pipeline:
 
     async def wind_down(self, partitions: Collection[TopicPartition] | None) -> bool:
         """Stop the work of ``partitions`` (all when None); True when all of it finished in
-        time. Queued events are dropped, retry waits cancelled, events in hand finished
-        within ``DRAIN_TIMEOUT`` and then cancelled."""
+        time. Queued events are dropped, events in hand finished within ``DRAIN_TIMEOUT``
+        and then cancelled."""
 
         def concerned(tp: TopicPartition) -> bool:
             return partitions is None or tp in partitions
 
-        cancelled = []
         for test_id, queue in self._queues.items():
             runner = self._runners.get(test_id)
             in_hand = queue[0] if queue and runner is not None else None
-            if in_hand is not None and concerned(in_hand[0]) and runner in self.handler.waiting:
-                runner.cancel()
-                cancelled.append(runner)
-                in_hand = None
             kept = [item for item in queue if item is in_hand or not concerned(item[0])]
             if len(kept) != len(queue):
                 queue.clear()
                 queue.extend(kept)
-        await asyncio.gather(*cancelled, return_exceptions=True)
         self._restart_runners()
         drained = await self._wait_idle(concerned)
-        # What is left: runners that began a retry wait meanwhile, or overran the bound.
+        # What is left overran the bound.
         await self._cancel(concerned)
         return drained
 
@@ -278,15 +288,10 @@ class Pipeline:
         return busy
 
     async def _wait_idle(self, concerned: Any) -> bool:  # noqa: ANN401 - a predicate
-        """Wait, within ``DRAIN_TIMEOUT``, until no task works on a concerned partition but
-        those waiting for a retry (they are cancelled, not waited for)."""
-
-        def working() -> bool:
-            return any(task not in self.handler.waiting for task in self._busy(concerned))
-
+        """Wait, within ``DRAIN_TIMEOUT``, until no task works on a concerned partition."""
         try:
             async with asyncio.timeout(self.settings.drain_timeout):
-                while working():
+                while self._busy(concerned):
                     self._progress.clear()
                     await self._progress.wait()
         except TimeoutError:
@@ -347,13 +352,35 @@ class Pipeline:
         drained = await self.wind_down(set(revoked))
         await self.commit("revoke", revoked)
         self.offsets.revoke(revoked)
+        for tp in revoked:
+            self.waiting.drop(tp.topic, tp.partition)
         log.info("partitions_revoked", partitions=[str(tp) for tp in revoked], drained=drained)
 
-    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: list[TopicPartition]) -> None:
         self.offsets.assign(assigned)
         if self._paused and assigned:
             self.consumer.pause(*assigned)
+        await self._load_waiting(assigned)
         log.info("partitions_assigned", partitions=[str(tp) for tp in assigned])
+
+    async def _load_waiting(self, assigned: list[TopicPartition]) -> None:
+        """Load the tests with deliveries waiting in the schedule, before any event of these
+        partitions is handled (the schedule waits through a Postgres outage)."""
+        by_topic: dict[str, list[int]] = {}
+        for tp in assigned:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        for topic, partitions in by_topic.items():
+            try:
+                found = await self.schedule.waiting_tests(topic, partitions)
+            except StoreUnavailable:
+                return  # closing: nothing will be handled
+            for partition, test_ids in found.items():
+                self.waiting.load(topic, partition, test_ids)
+            log.info(
+                "waiting_deliveries_loaded",
+                topic=topic,
+                tests=sum(len(t) for t in found.values()),
+            )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -364,7 +391,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._pipeline.on_revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._pipeline.on_assigned(list(assigned))
+        await self._pipeline.on_assigned(list(assigned))
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Final
 
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
+from consumer.delivery.breaker import BreakerPolicy, BreakerState, Transition
+from consumer.delivery.deliverer import Deliverer, WaitingTests
+from consumer.delivery.endpoints import EndpointGate
+from consumer.delivery.schedule import ScheduleStore
+from consumer.delivery.scheduler import ScheduleRunner
 from consumer.delivery.sender import WebhookSender
 from consumer.errors import ConfigError, StartupError
 from consumer.handler import EventHandler
@@ -21,6 +29,7 @@ from consumer.http_api import HttpApi
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
 from consumer.publisher import OutcomePublisher
+from consumer.reporter import OutcomeReporter
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
 from consumer.tracking_store import TrackingCodeStore
@@ -57,13 +66,27 @@ async def run_service(
     log.info("service_starting", **settings.safe_summary())
     async with AsyncExitStack() as stack:
         try:
-            pipeline = await _start(settings, stack)
+            pipeline, runner = await _start(settings, stack)
         except KafkaError as exc:
             raise StartupError(f"cannot start: Kafka: {exc}") from None
         except OSError as exc:
             raise StartupError(f"cannot start: {exc}") from None
-        await pipeline.run(stop)
+        # The schedule runner drains beside the consume loop once the stop comes.
+        runner_stopped = asyncio.create_task(
+            _stop_runner(stop, runner, settings.drain_timeout), name="schedule_stop"
+        )
+        try:
+            await pipeline.run(stop)
+        finally:
+            stop.set()
+            await runner_stopped
     log.info("service_stopped")
+
+
+async def _stop_runner(stop: asyncio.Event, runner: ScheduleRunner, drain_timeout: float) -> None:
+    await stop.wait()
+    drained = await runner.shutdown(drain_timeout)
+    log.info("schedule_runner_stopped", drained=drained)
 
 
 async def _bounded(name: str, close: Callable[[], Awaitable[None]]) -> None:
@@ -85,7 +108,7 @@ def _on_signal(stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
+async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, ScheduleRunner]:
     """Create the topics, open every connection, and return the pipeline ready to run."""
     await check_database(settings.database_url)
     await ensure_topics(
@@ -123,14 +146,45 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
         # that long (and a margin) before it hands the partitions to someone else.
         rebalance_timeout_ms=int((settings.drain_timeout + REBALANCE_MARGIN) * 1000),
     )
-    handler = EventHandler(
-        store=store,
-        sender=sender,
-        publisher=publisher,
-        metrics=metrics,
-        retry_schedule=settings.inline_retry_schedule,
+    schedule = ScheduleStore(settings.database_url, owner=instance_name())
+    await schedule.start()
+    stack.push_async_callback(_bounded, "schedule", schedule.close)
+    waiting = WaitingTests()
+    gate = EndpointGate(
+        settings.max_in_flight_per_endpoint,
+        BreakerPolicy(
+            failure_ratio=settings.breaker_failure_ratio,
+            min_attempts=settings.breaker_min_attempts,
+            window=settings.breaker_window,
+            cooldown=settings.breaker_cooldown,
+        ),
+        clock=time.monotonic,
+        on_transition=lambda code, change: _breaker_changed(metrics, code, change),
     )
-    pipeline = Pipeline(settings, consumer, handler, metrics)
+    reporter = OutcomeReporter(publisher, metrics)
+    deliverer = Deliverer(
+        sender=sender,
+        schedule=schedule,
+        gate=gate,
+        reporter=reporter,
+        metrics=metrics,
+        waiting=waiting,
+        retry_schedule=settings.retry_schedule,
+    )
+    runner = ScheduleRunner(
+        schedule=schedule,
+        store=store,
+        deliverer=deliverer,
+        gate=gate,
+        waiting=waiting,
+        metrics=metrics,
+        capacity=settings.max_in_flight,
+        poll_interval=settings.schedule_poll_interval,
+        lease=settings.schedule_lease,
+    )
+    gate.on_freed = runner.wake
+    handler = EventHandler(store=store, deliverer=deliverer, reporter=reporter, metrics=metrics)
+    pipeline = Pipeline(settings, consumer, handler, metrics, schedule=schedule, waiting=waiting)
     consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
     await consumer.start()
     stack.push_async_callback(_bounded, "consumer", consumer.stop)
@@ -143,7 +197,23 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> Pipeline:
         )
         await api.start()
         stack.push_async_callback(_bounded, "http_api", api.close)
-    return pipeline
+    runner.start()
+    return pipeline, runner
+
+
+def instance_name() -> str:
+    """Names this process in the schedule's leases: host, pid and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_BREAKER_GAUGE: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def _breaker_changed(metrics: Metrics, code: str, change: Transition) -> None:
+    metrics.breaker_state.labels(code).set(_BREAKER_GAUGE[change.after])
+    metrics.breaker_transitions.labels(code, change.after.value).inc()
+    event = "breaker_closed" if change.after is BreakerState.CLOSED else f"breaker_{change.after}"
+    log.warning(event, tracking_code=code, previous=change.before.value)
 
 
 async def check_database(dsn: str) -> None:

@@ -47,6 +47,16 @@ def _int(text: str) -> int:
     return int(text)
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise ValueError(f"{value} must be above 0 and at most 1")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
@@ -134,8 +144,13 @@ _SPEC: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "HTTP_CONNECT_TIMEOUT": ("5s", _positive_duration),
     "HTTP_TOTAL_TIMEOUT": ("15s", _positive_duration),
     "MAX_RESPONSE_BYTES": ("65536", _positive_int),
-    "INLINE_RETRIES": ("3", _int),
-    "INLINE_RETRY_MAX_DELAY": ("30s", parse_duration),
+    "MAX_IN_FLIGHT_PER_ENDPOINT": ("100", _positive_int),
+    "BREAKER_FAILURE_RATIO": ("0.7", _ratio),
+    "BREAKER_MIN_ATTEMPTS": ("10", _positive_int),
+    "BREAKER_WINDOW": ("60s", _positive_duration),
+    "BREAKER_COOLDOWN": ("30s", _positive_duration),
+    "SCHEDULE_POLL_INTERVAL": ("1s", _positive_duration),
+    "SCHEDULE_LEASE": ("2m", _positive_duration),
     "COMMIT_INTERVAL": ("1s", _positive_duration),
     "DRAIN_TIMEOUT": ("30s", _positive_duration),
     "TRACKING_CODE_TTL": ("4s", _tracking_code_ttl),
@@ -162,8 +177,13 @@ class Settings:
     http_connect_timeout: float
     http_total_timeout: float
     max_response_bytes: int
-    inline_retries: int
-    inline_retry_max_delay: float
+    max_in_flight_per_endpoint: int
+    breaker_failure_ratio: float
+    breaker_min_attempts: int
+    breaker_window: float
+    breaker_cooldown: float
+    schedule_poll_interval: float
+    schedule_lease: float
     commit_interval: float
     drain_timeout: float
     tracking_code_ttl: float
@@ -179,16 +199,14 @@ class Settings:
                 values[name.lower()] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
-        return cls(**values)
-
-    @property
-    def inline_retry_schedule(self) -> tuple[float, ...]:
-        """The retries made in process: the first ``INLINE_RETRIES`` steps of
-        ``RETRY_SCHEDULE``, each shortened to at most ``INLINE_RETRY_MAX_DELAY``."""
-        return tuple(
-            min(delay, self.inline_retry_max_delay)
-            for delay in self.retry_schedule[: self.inline_retries]
-        )
+        settings = cls(**values)
+        if settings.schedule_lease <= settings.http_total_timeout:
+            raise ConfigError(
+                "SCHEDULE_LEASE",
+                "must be longer than HTTP_TOTAL_TIMEOUT, or a retry still running could be "
+                "claimed again by another instance",
+            )
+        return settings
 
     def safe_summary(self) -> dict[str, object]:
         """The settings for a start-up log line, with the database password masked."""

@@ -64,6 +64,8 @@ class TrackingCode:
     signing_secret: str | None = field(default=None, repr=False)
     call_on_finished: bool = False
     active: bool = True
+    # While paused no attempt is made: the code's deliveries wait in the schedule.
+    paused: bool = False
 
 
 def validate_tracking_code(code: TrackingCode) -> TrackingCode:

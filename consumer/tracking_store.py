@@ -33,7 +33,7 @@ from consumer.tracking_codes import AuthMethod, TrackingCode, validate_tracking_
 
 _SELECT_BY_CODES: Final = """
 SELECT code, endpoint_url, auth_method, auth_params, extra_fields, signing_secret,
-       call_on_finished, active
+       call_on_finished, active, paused
 FROM tracking_codes
 WHERE code = ANY($1::text[])
 """
@@ -79,6 +79,7 @@ def row_to_tracking_code(row: asyncpg.Record) -> TrackingCode:
             signing_secret=row["signing_secret"],
             call_on_finished=row["call_on_finished"],
             active=row["active"],
+            paused=row.get("paused", False),
         )
     )
 

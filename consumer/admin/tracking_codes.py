@@ -1,4 +1,4 @@
-"""``itep-webhooks tracking-codes add|list|show|update|disable|enable``: staff upkeep of partners.
+"""``itep-webhooks tracking-codes add|list|show|update|disable|enable|pause|resume``: partners.
 
 ``register(subparsers)`` adds the ``tracking-codes`` parser; its subcommand lands in
 ``args.tc_command`` and ``await run(args, dsn)`` carries it out, returning the exit status:
@@ -10,6 +10,9 @@ signing secret as ``set`` or ``unset``, query-string values of the endpoint URL 
 exception is ``--generate-secret``, which prints the new secret once so that it can be handed to
 the partner. A credential flag given ``-`` reads its value from a line of stdin, which keeps it
 out of the shell history and the process list.
+
+``pause`` holds a code's webhooks without refusing them: its deliveries wait in
+``scheduled_deliveries`` until ``resume`` releases them (``disable`` instead skips them for good).
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, for_update: bool) ->
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``tracking-codes`` and its subcommands; the subcommand is ``args.tc_command``."""
     parser = subparsers.add_parser(
-        "tracking-codes", help="add, list, show, update, disable or enable tracking codes"
+        "tracking-codes",
+        help="add, list, show, update, disable, enable, pause or resume tracking codes",
     )
     commands = parser.add_subparsers(dest="tc_command", required=True, metavar="COMMAND")
 
@@ -126,7 +130,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for name, text in (
         ("show", "show one tracking code, credentials masked"),
         ("disable", "stop webhooks for a tracking code (events get outcome skipped)"),
-        ("enable", "resume webhooks for a tracking code"),
+        ("enable", "turn webhooks back on for a disabled tracking code"),
+        ("pause", "hold webhooks for a tracking code (its deliveries wait until resume)"),
+        ("resume", "release the held webhooks of a paused tracking code"),
     ):
         commands.add_parser(name, help=text).add_argument("code")
 
@@ -210,6 +216,7 @@ def _from_update(args: argparse.Namespace, current: TrackingCode) -> tuple[Track
             current.call_on_finished if args.call_on_finished is None else args.call_on_finished
         ),
         active=current.active if args.active is None else args.active,
+        paused=current.paused,
     )
     return validate_tracking_code(code), generated
 
@@ -225,6 +232,7 @@ def _row_value(row: asyncpg.Record) -> TrackingCode:
         signing_secret=row["signing_secret"],
         call_on_finished=row["call_on_finished"],
         active=row["active"],
+        paused=row["paused"],
     )
 
 
@@ -270,6 +278,7 @@ def _show_lines(code: TrackingCode, row: asyncpg.Record) -> list[str]:
         ("signing_secret", "set" if code.signing_secret else "unset"),
         ("call_on_finished", _yes(code.call_on_finished)),
         ("active", _yes(code.active)),
+        ("paused", _yes(code.paused)),
         ("created_at", row["created_at"].isoformat(timespec="seconds")),
         ("updated_at", row["updated_at"].isoformat(timespec="seconds")),
     )
@@ -293,13 +302,13 @@ def _fail(message: str, status: int) -> int:
 
 _SELECT_ONE: Final = """
 SELECT code, endpoint_url, auth_method, auth_params, extra_fields, signing_secret,
-       call_on_finished, active, created_at, updated_at
+       call_on_finished, active, paused, created_at, updated_at
 FROM tracking_codes
 WHERE code = $1
 """
 _SELECT_ALL: Final = """
 SELECT code, endpoint_url, auth_method, auth_params, extra_fields, signing_secret,
-       call_on_finished, active
+       call_on_finished, active, paused
 FROM tracking_codes
 WHERE active OR $1
 ORDER BY code
@@ -374,13 +383,14 @@ async def _list(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     if not rows:
         print("no tracking codes" if args.all else "no active tracking codes")
         return 0
-    table = [("CODE", "ACTIVE", "AUTH", "SIGNED", "ON_FINISHED", "ENDPOINT")]
+    table = [("CODE", "ACTIVE", "PAUSED", "AUTH", "SIGNED", "ON_FINISHED", "ENDPOINT")]
     for row in rows:
         code = _row_value(row)
         table.append(
             (
                 code.code,
                 _yes(code.active),
+                _yes(code.paused),
                 code.auth_method.value,
                 _yes(code.signing_secret is not None),
                 _yes(code.call_on_finished),
@@ -412,6 +422,46 @@ async def _enable(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
     return await _set_active(conn, args.code, active=True)
 
 
+_LOCK_PAUSED: Final = "SELECT paused FROM tracking_codes WHERE code = $1 FOR UPDATE"
+_SET_PAUSED: Final = "UPDATE tracking_codes SET paused = $2 WHERE code = $1"
+_COUNT_PENDING: Final = (
+    "SELECT count(*) FROM scheduled_deliveries WHERE tracking_code = $1 AND state = 'pending'"
+)
+
+
+async def _set_paused(conn: asyncpg.Connection, code: str, *, paused: bool) -> int | None:
+    """Set ``paused``; the exit status if that is all there is to say, else ``None``."""
+    was = await conn.fetchval(_LOCK_PAUSED, code)
+    if was is None:
+        return _fail(f"no tracking code {code!r}", 1)
+    if was == paused:
+        print(f"{code} is {'already paused' if paused else 'not paused'}")
+        return 0
+    await conn.execute(_SET_PAUSED, code, paused)
+    return None
+
+
+async def _pause(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    async with conn.transaction():
+        status = await _set_paused(conn, args.code, paused=True)
+    if status is not None:
+        return status
+    print(f"paused {args.code}")
+    return 0
+
+
+async def _resume(conn: asyncpg.Connection, args: argparse.Namespace) -> int:
+    async with conn.transaction():
+        status = await _set_paused(conn, args.code, paused=False)
+        if status is not None:
+            return status
+        # Counted while the row is still locked: what waited when the pause ended.
+        pending = await conn.fetchval(_COUNT_PENDING, args.code)
+    print(f"resumed {args.code}")
+    print(f"{pending} pending deliver{'y' if pending == 1 else 'ies'} released")
+    return 0
+
+
 _COMMANDS: Final[
     Mapping[str, Callable[[asyncpg.Connection, argparse.Namespace], Awaitable[int]]]
 ] = {
@@ -421,6 +471,8 @@ _COMMANDS: Final[
     "list": _list,
     "disable": _disable,
     "enable": _enable,
+    "pause": _pause,
+    "resume": _resume,
 }
 
 

@@ -84,6 +84,11 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+def jittered(delay: float, rng: random.Random | None = None) -> float:
+    """``delay`` moved at random by up to +-20%, so that retries of one outage spread out."""
+    return delay * (1 + (rng or random).uniform(-JITTER, JITTER))
+
+
 def decide_retry(
     result: AttemptResult,
     attempt: int,
@@ -103,8 +108,7 @@ def decide_retry(
         return Fail(reason)
     if attempt > len(schedule):
         return Fail("retries_exhausted")
-    base = schedule[attempt - 1]
-    delay = base * (1 + (rng or random).uniform(-JITTER, JITTER))
+    delay = jittered(schedule[attempt - 1], rng)
     asked = retry_after_seconds(result.retry_after, now)
     if asked is not None:
         delay = max(delay, min(asked, max(schedule)))

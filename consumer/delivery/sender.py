@@ -7,9 +7,9 @@ and refused targets become ``error`` codes (``timeout``, ``connection_error``,
 ``endpoint_blocked``, ``invalid_url``, ``invalid_request``) for ``consumer.delivery.retry_policy``;
 only a programming error raises.
 
-A semaphore per endpoint host, taken before the clock starts, keeps one slow receiver from
-taking every slot; a global one of ``max_connections`` keeps aiohttp's own pool from making
-requests queue inside the timed part.
+A semaphore per origin (scheme, host and port), taken before the clock starts, keeps one
+slow receiver from taking every connection; a global one of ``max_connections`` keeps
+aiohttp's own pool from making requests queue inside the timed part.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ from consumer.errors import EndpointBlocked
 from consumer.settings import Settings
 
 log = structlog.get_logger()
+
+
+def origin(url: URL) -> str:
+    """``scheme://host:port``: what one server is, for the per-origin limit."""
+    return f"{url.scheme}://{url.host}:{url.port}"
 
 
 @dataclass(slots=True)
@@ -128,14 +133,14 @@ class WebhookSender:
     ) -> None:
         await self.close()
 
-    def in_flight_for(self, host: str) -> int:
-        """Requests to ``host`` holding a slot right now (not those queued for one)."""
-        slots = self._hosts.get(host)
+    def in_flight_for(self, url: str) -> int:
+        """Requests to ``url``'s origin holding a slot right now (not those queued for one)."""
+        slots = self._hosts.get(origin(URL(url)))
         return slots.in_flight if slots is not None else 0
 
-    def queued_for(self, host: str) -> int:
-        """Requests to ``host`` waiting for a slot."""
-        slots = self._hosts.get(host)
+    def queued_for(self, url: str) -> int:
+        """Requests to ``url``'s origin waiting for a slot."""
+        slots = self._hosts.get(origin(URL(url)))
         return slots.users - slots.in_flight if slots is not None else 0
 
     async def send(self, request: WebhookRequest) -> AttemptResult:
@@ -152,7 +157,7 @@ class WebhookSender:
             if literal is not None and is_blocked_address(literal):
                 log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
                 return AttemptResult(status=None, latency_ms=0.0, error="endpoint_blocked")
-        async with self._host_slot(request.endpoint_host), connections:
+        async with self._host_slot(origin(url)), connections:
             # Waiting for a slot may take a while: the timestamp is that of the POST itself.
             request = request.stamped(int(time.time()))
             # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.

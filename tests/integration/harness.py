@@ -48,6 +48,7 @@ class Stack:
             "HTTP_PORT": "0",
             "ALLOW_PRIVATE_ENDPOINTS": "true",
             "RETRY_SCHEDULE": "100ms,200ms",
+            "SCHEDULE_POLL_INTERVAL": "100ms",
             "COMMIT_INTERVAL": "200ms",
             "LOG_FORMAT": "console",
             "LOG_LEVEL": "warning",

@@ -62,10 +62,11 @@ async def test_migrate_applies_then_finds_nothing_to_do(empty_database_url: str)
     second = await run_cli("migrate", DATABASE_URL=empty_database_url, LOG_LEVEL="error")
     assert first[0] == second[0] == 0
     assert "applied 001_tracking_codes" in first[1]
+    assert "applied 002_scheduled_deliveries" in first[1]
     assert second[1].strip() == "0 migration(s) applied"
     conn = await asyncpg.connect(empty_database_url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 2
     finally:
         await conn.close()
 

@@ -125,6 +125,8 @@ EXPECTED_COLUMNS = {
     "active": ("boolean", "NO", "true"),
     "created_at": ("timestamp with time zone", "NO", "now()"),
     "updated_at": ("timestamp with time zone", "NO", "now()"),
+    # beyond the contract (an extension): pausing a code
+    "paused": ("boolean", "NO", "false"),
 }
 
 

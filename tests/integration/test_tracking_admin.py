@@ -56,14 +56,15 @@ async def test_add_show_list_update_disable_enable_round_trip(cli, db, database_
     assert "auth_method       none" in out
     assert "extra_fields      campus=north" in out
     assert "signing_secret    unset" in out
+    assert "paused            no" in out
 
     status, out, _ = await cli("list")
     assert status == 0
     assert out.splitlines()[0].split() == [
-        "CODE", "ACTIVE", "AUTH", "SIGNED", "ON_FINISHED", "ENDPOINT"
+        "CODE", "ACTIVE", "PAUSED", "AUTH", "SIGNED", "ON_FINISHED", "ENDPOINT"
     ]  # fmt: skip
     assert out.splitlines()[1].split() == [
-        "ACME-UNI", "yes", "none", "no", "no", "https://hooks.example.edu/itep"
+        "ACME-UNI", "yes", "no", "none", "no", "no", "https://hooks.example.edu/itep"
     ]  # fmt: skip
 
     status, out, _ = await cli(
@@ -199,7 +200,7 @@ async def test_adding_an_existing_code_is_refused(cli):
     assert "already exists" in err
 
 
-@pytest.mark.parametrize("command", ["show", "update", "disable", "enable"])
+@pytest.mark.parametrize("command", ["show", "update", "disable", "enable", "pause", "resume"])
 async def test_unknown_code_is_reported_with_status_1(cli, command):
     status, out, err = await cli(command, "NOPE")
     assert (status, out) == (1, "")
@@ -212,3 +213,68 @@ async def test_unreachable_database_is_one_line_without_the_password(capsys):
     _, err = capsys.readouterr()
     assert status == 1
     assert err == "tracking-codes: cannot reach the database (ConnectionRefusedError)\n"
+
+
+async def insert_delivery(db, code: str, state: str, number: int) -> None:
+    await db.execute(
+        """
+        INSERT INTO scheduled_deliveries (event_id, test_id, tracking_code, trigger, event,
+            source_topic, source_partition, source_offset, state, due_at)
+        VALUES ($1, $2, $3, 'completed', $4, 'exam-events', 0, $5, $6, now())
+        """,
+        f"evt-{code}-{number}",
+        f"T{number}",
+        code,
+        b"{}",
+        number,
+        state,
+    )
+
+
+async def test_pause_then_resume_reports_the_pending_deliveries_released(cli, db):
+    """``resume`` counts the code's pending deliveries, not its dead ones nor other codes'."""
+    await cli("add", "A", "--url", "https://h.example/")
+    for number, (code, state) in enumerate(
+        [("A", "pending"), ("A", "pending"), ("A", "dead"), ("B", "pending")]
+    ):
+        await insert_delivery(db, code, state, number)
+
+    assert await cli("pause", "A") == (0, "paused A\n", "")
+    assert await db.fetchval("SELECT paused FROM tracking_codes WHERE code = 'A'") is True
+    assert "paused            yes" in (await cli("show", "A"))[1]
+    assert (await cli("list"))[1].splitlines()[1].split()[:3] == ["A", "yes", "yes"]
+
+    assert await cli("resume", "A") == (0, "resumed A\n2 pending deliveries released\n", "")
+    assert await db.fetchval("SELECT paused FROM tracking_codes WHERE code = 'A'") is False
+
+
+async def test_pause_leaves_the_other_settings_and_update_keeps_the_pause(cli, db):
+    await cli("add", "A", "--url", "https://h.example/", "--inactive")
+    await cli("pause", "A")
+    status, out, err = await cli("update", "A", "--url", "https://other.example/")
+    assert status == 0, err
+    assert "paused            yes" in out
+    row = await db.fetchrow("SELECT active, paused, endpoint_url FROM tracking_codes")
+    assert tuple(row) == (False, True, "https://other.example/")
+
+
+async def test_pausing_a_paused_code_says_so_and_changes_nothing(cli, db):
+    await cli("add", "A", "--url", "https://h.example/")
+    await cli("pause", "A")
+    before = await db.fetchval("SELECT updated_at FROM tracking_codes")
+    assert await cli("pause", "A") == (0, "A is already paused\n", "")
+    assert await db.fetchval("SELECT updated_at FROM tracking_codes") == before
+
+
+async def test_resuming_a_code_that_is_not_paused_says_so(cli, db):
+    await cli("add", "A", "--url", "https://h.example/")
+    assert await cli("resume", "A") == (0, "A is not paused\n", "")
+    assert await db.fetchval("SELECT paused FROM tracking_codes") is False
+
+
+@pytest.mark.parametrize("command", ["pause", "resume"])
+def test_pause_and_resume_have_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(["tracking-codes", command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: itep-webhooks tracking-codes {command} [-h] code" in capsys.readouterr().out

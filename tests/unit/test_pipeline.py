@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -11,15 +12,20 @@ from aiokafka import TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from structlog.testing import capture_logs
 
+from consumer.delivery.breaker import BreakerPolicy
+from consumer.delivery.deliverer import Deliverer, Source, WaitingTests
+from consumer.delivery.endpoints import EndpointGate
 from consumer.delivery.retry_policy import AttemptResult
 from consumer.delivery.webhook import WebhookRequest
 from consumer.handler import EventHandler
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
 from consumer.pipeline import Pipeline
+from consumer.reporter import OutcomeReporter
 from consumer.settings import Settings
 from consumer.tracking_codes import TrackingCode
 from tests.factories import event_dict
+from tests.fakes import FakePublisher, FakeSender, MemorySchedule
 
 TP = TopicPartition("exam-events", 0)
 
@@ -58,44 +64,53 @@ class Store:
         return TrackingCode(code=code, endpoint_url="https://hooks.example.edu/x")
 
 
-class Sender:
-    def __init__(self) -> None:
-        self.sent: list[WebhookRequest] = []
-        self.status = 200
-
-    async def send(self, request: WebhookRequest) -> AttemptResult:
-        self.sent.append(request)
-        await asyncio.sleep(0)
-        return AttemptResult(status=self.status, latency_ms=1.0)
+class Sender(FakeSender):
+    pass
 
 
-class Publisher:
-    def __init__(self) -> None:
-        self.outcomes: list[OutcomeRecord] = []
-
-    async def publish(self, record: OutcomeRecord) -> None:
-        self.outcomes.append(record)
-
+class Publisher(FakePublisher):
     async def dead_letter(
         self, key: bytes | None, value: bytes | None, error: str, source: str
     ) -> None:
         raise AssertionError("no event here is invalid")
 
 
-def make_pipeline(store: Store) -> tuple[Pipeline, Sender, Publisher]:
+def make_pipeline(
+    store: Store, retry_schedule: tuple[float, ...] = ()
+) -> tuple[Pipeline, Sender, Publisher]:
     sender, publisher = Sender(), Publisher()
     metrics = Metrics()
-    handler = EventHandler(
-        store=store, sender=sender, publisher=publisher, metrics=metrics, retry_schedule=()
+    schedule = MemorySchedule()
+    waiting = WaitingTests()
+    gate = EndpointGate(100, BreakerPolicy(), clock=time.monotonic)
+    reporter = OutcomeReporter(publisher, metrics)
+    deliverer = Deliverer(
+        sender=sender,
+        schedule=schedule,
+        gate=gate,
+        reporter=reporter,
+        metrics=metrics,
+        waiting=waiting,
+        retry_schedule=retry_schedule,
     )
+    handler = EventHandler(store=store, deliverer=deliverer, reporter=reporter, metrics=metrics)
     pipeline = Pipeline(
         Settings.from_env({}),
         FakeConsumer(),  # type: ignore[arg-type]
         handler,
         metrics,
+        schedule=schedule,
+        waiting=waiting,
     )
     pipeline.offsets.assign([TP])
+    waiting.load(TP.topic, TP.partition, set())
     return pipeline, sender, publisher
+
+
+def schedule_of(pipeline: Pipeline) -> MemorySchedule:
+    schedule = pipeline.schedule
+    assert isinstance(schedule, MemorySchedule)
+    return schedule
 
 
 def record(offset: int, **overrides: Any) -> Record:
@@ -133,23 +148,54 @@ async def test_a_bug_while_handling_is_logged_reported_failed_and_passed() -> No
     assert pipeline.offsets.to_commit() == {TP: 3}
 
 
-async def test_winding_down_cancels_a_retry_wait_and_drops_queued_events() -> None:
-    """On a stop, a runner waiting for a retry is cancelled at once and events queued
-    behind it are dropped unfinished, so the commit stays below them."""
-    pipeline, sender, publisher = make_pipeline(Store())
-    pipeline.handler.retry_schedule = (3600.0,)
+async def test_a_retriable_failure_goes_to_the_schedule_and_finishes_its_offset() -> None:
+    """A 503 puts the delivery on the schedule with its due time; nothing waits in process,
+    so the event's offset can be committed at once."""
+    pipeline, sender, publisher = make_pipeline(Store(), retry_schedule=(3600.0,))
     sender.status = 503
     pipeline._accept(TP, record(0, test_id="A"))
-    pipeline._accept(TP, record(1, test_id="A"))
-    async with asyncio.timeout(5):
-        while not pipeline.handler.waiting:
-            await asyncio.sleep(0)
-    pipeline.settings = replace(pipeline.settings, drain_timeout=5.0)
-    async with asyncio.timeout(2):
-        assert await pipeline.wind_down(None)
-    assert [o.outcome.value for o in publisher.outcomes] == ["retry_scheduled"]
-    assert pipeline.offsets.to_commit() == {TP: 0}
-    assert len(sender.sent) == 1
+    await wait_until_finished(pipeline, 1)
+    assert not pipeline._runners
+    [row] = schedule_of(pipeline).pending()
+    assert (row.new.test_id, row.step, row.attempts, row.reason) == ("A", 1, 1, "http_503")
+    [outcome] = publisher.outcomes
+    assert outcome.outcome.value == "retry_scheduled"
+    assert outcome.next_attempt_at is not None
+    assert pipeline.waiting.has(Source(TP.topic, TP.partition, 0), "A")
+
+
+async def test_a_later_event_of_a_waiting_test_joins_the_schedule_unsent() -> None:
+    """While an earlier delivery of the test waits, a later event is not attempted: it
+    joins the schedule behind it."""
+    pipeline, sender, publisher = make_pipeline(Store(), retry_schedule=(3600.0,))
+    sender.status = 503
+    pipeline._accept(TP, record(0, test_id="A"))
+    pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
+    pipeline._accept(TP, record(2, test_id="B", status="Invalidated"))
+    await wait_until_finished(pipeline, 3)
+    assert len(sender.sent) == 2, "A's second event is not sent; B's is"
+    rows = schedule_of(pipeline).pending()
+    assert [(r.new.test_id, r.reason) for r in rows] == [
+        ("A", "http_503"),
+        ("A", "earlier_delivery_pending"),
+        ("B", "http_503"),
+    ]
+    assert [o.reason for o in publisher.outcomes if o.test_id == "A"] == [
+        "http_503",
+        "earlier_delivery_pending",
+    ]
+
+
+async def test_waiting_tests_are_loaded_when_a_partition_is_assigned() -> None:
+    """A delivery left in the schedule by an earlier owner holds the test's next event."""
+    pipeline, sender, _ = make_pipeline(Store(), retry_schedule=(3600.0,))
+    sender.status = 503
+    pipeline._accept(TP, record(0, test_id="A"))
+    await wait_until_finished(pipeline, 1)
+    await pipeline.on_revoked([TP])
+    assert not pipeline.waiting.loaded(TP.topic, TP.partition)
+    await pipeline.on_assigned([TP])
+    assert pipeline.waiting.has(Source(TP.topic, TP.partition, 0), "A")
 
 
 async def wait_until_finished(pipeline: Pipeline, offset: int) -> None:
@@ -190,7 +236,7 @@ async def test_a_failing_crash_report_still_moves_the_partition_on() -> None:
     """When even the failed outcome cannot be published, the failure is logged and the
     test's next events still run: no queue is left without its runner."""
     pipeline, _, _ = make_pipeline(Store())
-    pipeline.handler.publisher = RefusingPublisher()
+    pipeline.handler.reporter.publisher = RefusingPublisher()
     with capture_logs() as logs:
         pipeline._accept(TP, record(0, test_id="BIG"))
         pipeline._accept(TP, record(1, test_id="BIG", status="Invalidated"))
@@ -202,7 +248,7 @@ async def test_a_failing_crash_report_still_moves_the_partition_on() -> None:
 
 async def test_a_rejection_that_cannot_be_published_still_finishes_its_offset() -> None:
     pipeline, _, _ = make_pipeline(Store())
-    pipeline.handler.publisher = RefusingPublisher()
+    pipeline.handler.reporter.publisher = RefusingPublisher()
     bad = event_dict(test_id="BIG", status="Nope")
     with capture_logs() as logs:
         pipeline._accept(TP, Record(0, b"BIG", orjson.dumps(bad)))
@@ -210,48 +256,47 @@ async def test_a_rejection_that_cannot_be_published_still_finishes_its_offset() 
     assert "dead_letter_failed" in [e["event"] for e in logs]
 
 
-class SlowFailingSender:
+class SlowSender(FakeSender):
     async def send(self, request: WebhookRequest) -> AttemptResult:
         await asyncio.sleep(0.2)
-        return AttemptResult(status=503, latency_ms=1.0)
+        return await super().send(request)
 
 
-async def test_a_retry_wait_begun_during_a_drain_is_cancelled_without_waiting() -> None:
-    """A runner that gets its 503 after the drain began is not waited for until the bound."""
-    pipeline, _, _ = make_pipeline(Store())
-    pipeline.handler.sender = SlowFailingSender()
-    pipeline.handler.retry_schedule = (3600.0,)
+async def test_winding_down_finishes_the_event_in_hand_and_drops_queued_ones() -> None:
+    """On a stop, the attempt in hand is finished within the bound and the events queued
+    behind it are dropped unfinished, so the commit stays below them."""
+    pipeline, _, publisher = make_pipeline(Store())
+    pipeline.handler.deliverer.sender = SlowSender()
     pipeline.settings = replace(pipeline.settings, drain_timeout=3.0)
     pipeline._accept(TP, record(0, test_id="A"))
-    await asyncio.sleep(0.05)  # sending, not yet waiting
+    pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
+    await asyncio.sleep(0.05)  # sending the first
     async with asyncio.timeout(1.5):
         assert await pipeline.wind_down(None)
     assert not pipeline._runners
-    assert not pipeline.handler.waiting
-    assert pipeline.offsets.to_commit() == {TP: 0}
+    assert [o.outcome.value for o in publisher.outcomes] == ["delivered"]
+    assert pipeline.offsets.to_commit() == {TP: 1}
 
 
 async def test_a_revoked_then_reassigned_partition_starts_clean() -> None:
-    """Revoking drops the partition's queued events and retry waits; once assigned again,
-    the events fetched anew are handled in order."""
+    """Revoking drops the partition's queued events; once assigned again, the events
+    fetched anew are handled in order."""
     pipeline, sender, publisher = make_pipeline(Store())
-    pipeline.handler.retry_schedule = (3600.0,)
-    sender.status = 503
-    pipeline._accept(TP, record(0, test_id="A"))
-    async with asyncio.timeout(2):
-        while not pipeline.handler.waiting:
-            await asyncio.sleep(0)
-    pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
+    pipeline.handler.deliverer.sender = SlowSender()
+    pipeline.settings = replace(pipeline.settings, drain_timeout=0.05)
+    first, second = record(0, test_id="A"), record(1, test_id="A", status="Invalidated")
+    pipeline._accept(TP, first)
+    pipeline._accept(TP, second)
+    await asyncio.sleep(0.01)
     await pipeline.on_revoked([TP])
     assert not pipeline._runners
     assert not pipeline._queues
-    pipeline.on_assigned([TP])
-    sender.status = 200
-    pipeline._accept(TP, record(0, test_id="A"))
-    pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
+    assert not publisher.outcomes, "the attempt in hand was cancelled at the bound"
+    await pipeline.on_assigned([TP])
+    pipeline.handler.deliverer.sender = sender
+    pipeline._accept(TP, first)
+    pipeline._accept(TP, second)
     await wait_until_finished(pipeline, 2)
-    assert [o.outcome.value for o in publisher.outcomes] == [
-        "retry_scheduled",
-        "delivered",
-        "delivered",
-    ]
+    assert [o.outcome.value for o in publisher.outcomes] == ["delivered", "delivered"]
+    expected = [orjson.loads(r.value or b"")["event_id"] for r in (first, second)]
+    assert [r.webhook_id for r in sender.sent] == expected

@@ -93,6 +93,14 @@ def test_false_spellings(text: str) -> None:
         ("DEAD_LETTER_TOPIC", "dlq/1"),
         ("MAX_IN_FLIGHT", "0"),
         ("HTTP_TOTAL_TIMEOUT", "0s"),
+        ("MAX_IN_FLIGHT_PER_ENDPOINT", "0"),
+        ("BREAKER_FAILURE_RATIO", "0"),
+        ("BREAKER_FAILURE_RATIO", "1.5"),
+        ("BREAKER_FAILURE_RATIO", "most"),
+        ("BREAKER_MIN_ATTEMPTS", "0"),
+        ("BREAKER_WINDOW", "0s"),
+        ("BREAKER_COOLDOWN", "soon"),
+        ("SCHEDULE_POLL_INTERVAL", "0ms"),
     ],
 )
 def test_bad_setting_raises_config_error_naming_it(name: str, value: str) -> None:
@@ -144,22 +152,20 @@ def test_empty_retry_schedule_means_no_retries() -> None:
     assert Settings.from_env({"RETRY_SCHEDULE": " "}).retry_schedule == ()
 
 
-@pytest.mark.parametrize(
-    ("schedule", "max_delay", "inline"),
-    [
-        ("5s,5m,30m,2h,5h,10h,10h", "30s", (5.0, 30.0, 30.0)),
-        ("1s,2s,40s,3s", "30s", (1.0, 2.0, 30.0)),
-        ("1s,2s", "30s", (1.0, 2.0)),
-        ("5s,5m", "0s", (0.0, 0.0)),
-        ("", "30s", ()),
-    ],
-)
-def test_inline_retry_schedule_is_the_short_prefix(
-    schedule: str, max_delay: str, inline: tuple[float, ...]
-) -> None:
-    """Inline retries are the schedule's first three steps, each capped at the inline bound."""
-    settings = Settings.from_env({"RETRY_SCHEDULE": schedule, "INLINE_RETRY_MAX_DELAY": max_delay})
-    assert settings.inline_retry_schedule == inline
+def test_the_schedule_lease_must_outlast_an_attempt() -> None:
+    """A lease no longer than one attempt could let a second instance claim a delivery
+    still being attempted."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"HTTP_TOTAL_TIMEOUT": "30s", "SCHEDULE_LEASE": "30s"})
+    assert str(info.value).startswith("SCHEDULE_LEASE: must be longer than HTTP_TOTAL_TIMEOUT")
+
+
+def test_the_breaker_and_schedule_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_in_flight_per_endpoint == 100
+    assert (settings.breaker_failure_ratio, settings.breaker_min_attempts) == (0.7, 10)
+    assert (settings.breaker_window, settings.breaker_cooldown) == (60.0, 30.0)
+    assert (settings.schedule_poll_interval, settings.schedule_lease) == (1.0, 120.0)
 
 
 @pytest.mark.parametrize(

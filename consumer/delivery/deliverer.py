@@ -1,0 +1,495 @@
+"""One attempt at one delivery, and where the delivery goes next.
+
+``Deliverer.deliver`` is shared by the consume loop (a delivery straight from its event) and
+the schedule runner (a delivery claimed from the schedule). It asks the ``EndpointGate``
+whether the attempt may be made; then:
+
+- delivered: the outcome is published, and a scheduled row is deleted;
+- failed for good (a permanent failure, or the schedule's last step failed): ``failed`` is
+  published and the delivery is kept in the schedule as ``dead``, ready to be replayed;
+- failed, may be retried: the delivery is put on the schedule for its next step, and then
+  ``retry_scheduled`` is published with ``next_attempt_at``;
+- held by the gate (paused, busy, breaker open) or behind an earlier delivery of its test:
+  it waits in the schedule (``retry_scheduled`` with the reason). Only an open breaker uses
+  up a step of the schedule; the other holds are flow control.
+
+The schedule is written before ``retry_scheduled`` is published, so that an outcome that
+announces a retry always has the row behind it; a final outcome is published before the row
+is deleted or marked dead, so that a crash in between repeats the delivery rather than
+losing its outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from consumer.delivery.endpoints import CIRCUIT_OPEN, Admit, EndpointGate, Hold
+from consumer.delivery.retry_policy import (
+    AttemptResult,
+    Delivered,
+    Fail,
+    decide_retry,
+    is_retriable,
+    jittered,
+)
+from consumer.delivery.schedule import DEAD, PENDING, NewDelivery
+from consumer.delivery.webhook import WebhookRequest, build_body, build_request, endpoint_host
+from consumer.events import ExamEvent
+from consumer.metrics import Metrics
+from consumer.outcomes import Outcome, OutcomeRecord, event_outcome
+from consumer.tracking_codes import TrackingCode
+
+log = structlog.get_logger(__name__)
+
+EARLIER_PENDING = "earlier_delivery_pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the delivery's event was consumed from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A trigger event on its way to its endpoint. ``row_id`` is None until it is on the
+    schedule; ``attempts`` counts the POSTs made, ``step`` the schedule's steps used."""
+
+    event: ExamEvent
+    raw: bytes
+    trigger: str
+    source: Source
+    row_id: int | None = None
+    attempts: int = 0
+    step: int = 0
+
+
+class Sender(Protocol):
+    async def send(self, request: WebhookRequest) -> AttemptResult: ...
+
+
+class Schedule(Protocol):
+    async def add(self, delivery: NewDelivery) -> None: ...
+
+    async def reschedule(
+        self,
+        row_id: int,
+        *,
+        attempts: int,
+        step: int,
+        due_at: datetime,
+        reason: str,
+        http_status: int | None = None,
+        endpoint_host: str | None = None,
+        last_attempt_at: datetime | None = None,
+    ) -> None: ...
+
+    async def kill(
+        self,
+        row_id: int,
+        *,
+        attempts: int,
+        step: int,
+        reason: str,
+        http_status: int | None = None,
+        endpoint_host: str | None = None,
+        last_attempt_at: datetime | None = None,
+    ) -> bool: ...
+
+    async def remove(self, row_id: int) -> bool: ...
+
+    async def release(self, row_ids: list[int]) -> None: ...
+
+
+class Reporter(Protocol):
+    async def publish(self, record: OutcomeRecord) -> None: ...
+
+
+class WaitingTests:
+    """Per assigned partition, the test ids that have deliveries waiting in the schedule.
+
+    The consume loop checks it for every trigger event (no Postgres round trip): a later
+    event of such a test joins the schedule behind the earlier one. It may hold a test id
+    that has nothing left waiting (another instance settled it); that costs the event a trip
+    through the schedule, never its order. A test id is only forgotten by a caller that
+    checked the schedule after the id was last added (``mark`` before the check, ``since``
+    after it), so a row written while the check ran is never overlooked.
+    """
+
+    def __init__(self) -> None:
+        self._by_partition: dict[tuple[str, int], set[str]] = {}
+        self._tick = 0
+        self._added_at: dict[str, int] = {}
+
+    def has(self, source: Source, test_id: str) -> bool:
+        tests = self._by_partition.get((source.topic, source.partition))
+        return tests is not None and test_id in tests
+
+    def add(self, source: Source, test_id: str) -> None:
+        tests = self._by_partition.get((source.topic, source.partition))
+        if tests is not None:
+            tests.add(test_id)
+            self._tick += 1
+            self._added_at[test_id] = self._tick
+
+    def mark(self) -> int:
+        return self._tick
+
+    def discard(self, topic: str, partition: int, test_id: str, *, since: int) -> None:
+        """Forget ``test_id``, checked to have nothing waiting after ``mark()`` gave
+        ``since``, unless it was added again since."""
+        if self._added_at.get(test_id, 0) > since:
+            return
+        tests = self._by_partition.get((topic, partition))
+        if tests is not None:
+            tests.discard(test_id)
+        self._added_at.pop(test_id, None)
+
+    def load(self, topic: str, partition: int, test_ids: set[str]) -> None:
+        self._by_partition[(topic, partition)] = set(test_ids)
+
+    def drop(self, topic: str, partition: int) -> None:
+        for test_id in self._by_partition.pop((topic, partition), set()):
+            self._added_at.pop(test_id, None)
+
+    def loaded(self, topic: str, partition: int) -> bool:
+        return (topic, partition) in self._by_partition
+
+    def snapshot(self) -> tuple[set[str], int]:
+        """Every test id held, and the ``mark`` to pass to ``prune`` after checking them."""
+        ids = set().union(*self._by_partition.values()) if self._by_partition else set()
+        return ids, self._tick
+
+    def prune(self, still_waiting: set[str], checked: set[str], since: int) -> None:
+        """Forget the ``checked`` test ids that are not ``still_waiting``, except those
+        added after ``since`` (their new row may have been written after the check)."""
+        for test_id in checked - still_waiting:
+            if self._added_at.get(test_id, 0) > since:
+                continue
+            for tests in self._by_partition.values():
+                tests.discard(test_id)
+            self._added_at.pop(test_id, None)
+
+    def __len__(self) -> int:
+        return sum(len(tests) for tests in self._by_partition.values())
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        sender: Sender,
+        schedule: Schedule,
+        gate: EndpointGate,
+        reporter: Reporter,
+        metrics: Metrics,
+        waiting: WaitingTests,
+        retry_schedule: tuple[float, ...],
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.sender = sender
+        self.schedule = schedule
+        self.gate = gate
+        self.reporter = reporter
+        self.metrics = metrics
+        self.waiting = waiting
+        self.retry_schedule = retry_schedule
+        self.clock = clock
+        self.rng = rng
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def deliver(self, delivery: Delivery, code: TrackingCode) -> None:
+        """Attempt ``delivery`` if the gate allows, and settle or schedule what follows."""
+        last_step = delivery.step >= len(self.retry_schedule)
+        admission = self.gate.admit(code, last_step=last_step)
+        if isinstance(admission, Hold):
+            if admission.reason == CIRCUIT_OPEN:
+                self.metrics.breaker_skipped.labels(code.code).inc()
+            elif delivery.row_id is not None:
+                # Claimed while the code was free; it stays as it is, due, and is claimed
+                # again when a slot frees or the code is resumed.
+                await self.schedule.release([delivery.row_id])
+                return
+            await self.hold(delivery, code, admission.reason)
+            return
+        await self._attempt(delivery, code, admission)
+
+    async def hold(self, delivery: Delivery, code: TrackingCode, reason: str) -> None:
+        """Put ``delivery`` on the schedule without an attempt. An open breaker uses up the
+        step (the delivery is due after the step's delay); other holds are due now."""
+        now = self.now()
+        step = delivery.step
+        due = now
+        if reason == CIRCUIT_OPEN:
+            due = now + timedelta(seconds=jittered(self.retry_schedule[step], self.rng))
+            step += 1
+        log.info("webhook_held", reason=reason, next_attempt_at=due.isoformat())
+        await self._to_schedule(delivery, code, step=step, due=due, reason=reason)
+        await self._publish(
+            delivery,
+            Outcome.RETRY_SCHEDULED,
+            now,
+            reason=reason,
+            attempt=delivery.attempts,
+            endpoint_host=endpoint_host(code.endpoint_url),
+            next_attempt_at=due,
+        )
+
+    async def _attempt(self, delivery: Delivery, code: TrackingCode, admitted: Admit) -> None:
+        event = delivery.event
+        body = build_body(event, code)
+        request = build_request(event, code, body, int(self.clock()))
+        try:
+            result = await self.sender.send(request)
+        except BaseException:
+            self.gate.done(admitted, ok=None)
+            raise
+        self.gate.done(admitted, ok=not is_retriable(result))
+        self.metrics.latency.observe(result.latency_ms / 1000)
+        now = self.now()
+        attempt = delivery.attempts + 1
+        host = request.endpoint_host
+        verdict = decide_retry(result, delivery.step + 1, now, self.retry_schedule, self.rng)
+        if isinstance(verdict, Delivered):
+            self.metrics.attempts.labels("delivered").inc()
+            log.info("webhook_delivered", status=result.status, attempt=attempt, host=host)
+            await self._publish(
+                delivery,
+                Outcome.DELIVERED,
+                now,
+                attempt=attempt,
+                result=result,
+                endpoint_host=host,
+            )
+            if delivery.row_id is not None:
+                since = self.waiting.mark()
+                self._settled(delivery, await self.schedule.remove(delivery.row_id), since)
+            return
+        if isinstance(verdict, Fail):
+            self.metrics.attempts.labels("failed").inc()
+            log.warning(
+                "webhook_failed",
+                reason=verdict.reason,
+                status=result.status,
+                attempt=attempt,
+                host=host,
+            )
+            await self._publish(
+                delivery,
+                Outcome.FAILED,
+                now,
+                reason=verdict.reason,
+                attempt=attempt,
+                result=result,
+                endpoint_host=host,
+            )
+            await self._kill(
+                delivery,
+                code,
+                attempts=attempt,
+                reason=verdict.reason,
+                result=result,
+                host=host,
+                now=now,
+            )
+            return
+        self.metrics.attempts.labels("retry").inc()
+        log.info(
+            "webhook_retry_scheduled",
+            reason=verdict.reason,
+            status=result.status,
+            attempt=attempt,
+            host=host,
+            next_attempt_at=verdict.at.isoformat(),
+        )
+        await self._to_schedule(
+            delivery,
+            code,
+            step=delivery.step + 1,
+            due=verdict.at,
+            reason=verdict.reason,
+            attempts=attempt,
+            result=result,
+            last_attempt_at=now,
+        )
+        await self._publish(
+            delivery,
+            Outcome.RETRY_SCHEDULED,
+            now,
+            reason=verdict.reason,
+            attempt=attempt,
+            result=result,
+            endpoint_host=host,
+            next_attempt_at=verdict.at,
+        )
+
+    async def settle(self, delivery: Delivery, outcome: Outcome, reason: str) -> None:
+        """End a scheduled delivery without an attempt (its tracking code was disabled or
+        removed meanwhile): publish the final outcome, delete the row."""
+        await self._publish(delivery, outcome, self.now(), reason=reason, attempt=delivery.attempts)
+        if delivery.row_id is not None:
+            since = self.waiting.mark()
+            self._settled(delivery, await self.schedule.remove(delivery.row_id), since)
+
+    # -- the schedule -------------------------------------------------------------------
+
+    async def _to_schedule(
+        self,
+        delivery: Delivery,
+        code: TrackingCode,
+        *,
+        step: int,
+        due: datetime,
+        reason: str,
+        attempts: int | None = None,
+        result: AttemptResult | None = None,
+        last_attempt_at: datetime | None = None,
+    ) -> None:
+        attempts = delivery.attempts if attempts is None else attempts
+        status = result.status if result is not None else None
+        host = endpoint_host(code.endpoint_url)
+        if delivery.row_id is not None:
+            await self.schedule.reschedule(
+                delivery.row_id,
+                attempts=attempts,
+                step=step,
+                due_at=due,
+                reason=reason,
+                http_status=status,
+                endpoint_host=host,
+                last_attempt_at=last_attempt_at,
+            )
+            return
+        await self.schedule.add(
+            self._new_row(
+                delivery,
+                code,
+                state=PENDING,
+                attempts=attempts,
+                step=step,
+                due=due,
+                reason=reason,
+                status=status,
+                host=host,
+                last_attempt_at=last_attempt_at,
+            )
+        )
+        self.waiting.add(delivery.source, delivery.event.test_id)
+
+    async def _kill(
+        self,
+        delivery: Delivery,
+        code: TrackingCode,
+        *,
+        attempts: int,
+        reason: str,
+        result: AttemptResult,
+        host: str,
+        now: datetime,
+    ) -> None:
+        if delivery.row_id is not None:
+            since = self.waiting.mark()
+            others = await self.schedule.kill(
+                delivery.row_id,
+                attempts=attempts,
+                step=delivery.step,
+                reason=reason,
+                http_status=result.status,
+                endpoint_host=host,
+                last_attempt_at=now,
+            )
+            self._settled(delivery, others, since)
+            return
+        row = self._new_row(
+            delivery,
+            code,
+            state=DEAD,
+            attempts=attempts,
+            step=delivery.step,
+            due=now,
+            reason=reason,
+            status=result.status,
+            host=host,
+            last_attempt_at=now,
+        )
+        await self.schedule.add(row)
+
+    def _new_row(
+        self,
+        delivery: Delivery,
+        code: TrackingCode,
+        *,
+        state: str,
+        attempts: int,
+        step: int,
+        due: datetime,
+        reason: str,
+        status: int | None,
+        host: str,
+        last_attempt_at: datetime | None = None,
+    ) -> NewDelivery:
+        event, source = delivery.event, delivery.source
+        return NewDelivery(
+            event_id=event.event_id,
+            test_id=event.test_id,
+            tracking_code=code.code,
+            trigger=delivery.trigger,
+            event=delivery.raw,
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            state=state,
+            attempts=attempts,
+            step=step,
+            due_at=due,
+            reason=reason,
+            http_status=status,
+            endpoint_host=host,
+            last_attempt_at=last_attempt_at,
+        )
+
+    def _settled(self, delivery: Delivery, others_waiting: bool, since: int) -> None:
+        if not others_waiting:
+            source = delivery.source
+            self.waiting.discard(
+                source.topic, source.partition, delivery.event.test_id, since=since
+            )
+
+    async def _publish(
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        now: datetime,
+        *,
+        reason: str | None = None,
+        attempt: int = 0,
+        result: AttemptResult | None = None,
+        endpoint_host: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        await self.reporter.publish(
+            event_outcome(
+                delivery.event,
+                delivery.trigger,
+                outcome,
+                now,
+                reason=reason,
+                attempt=attempt,
+                result=result,
+                endpoint_host=endpoint_host,
+                next_attempt_at=next_attempt_at,
+            )
+        )

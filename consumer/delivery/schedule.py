@@ -1,0 +1,514 @@
+"""The durable delivery schedule: table ``scheduled_deliveries`` in Postgres. Speaks asyncpg only.
+
+A delivery joins the schedule when an attempt fails and may be retried, when it cannot be
+attempted now (tracking code paused, breaker open, the endpoint's share full, an earlier
+delivery of its test waiting) and, as ``dead``, when it fails for good. Instances claim due
+rows with ``FOR UPDATE SKIP LOCKED`` and hold them by a lease while they attempt them; per
+test only the pending row with the lowest id can be claimed, so a test's deliveries leave in
+the order they joined.
+
+Every call waits through a Postgres outage, trying again with backoff, so that nothing
+handed to the schedule is lost: an outage is logged once when it starts
+(``schedule_unavailable``) and once when it ends (``schedule_recovered``). ``add`` calls
+made during the same loop tick (or while the previous insert ran) share one ``INSERT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final, TypeVar
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from consumer.errors import StoreUnavailable
+
+log = structlog.get_logger(__name__)
+
+PENDING: Final = "pending"
+DEAD: Final = "dead"
+
+# What "Postgres cannot answer right now" looks like (the tracking store's list).
+_UNAVAILABLE: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+# What no retry can fix: a value or a row the database refuses (a bug, not an outage).
+_REFUSED: Final = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+_T = TypeVar("_T")
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A row to add. ``test_id`` is stored with NUL replaced (Postgres text cannot hold it);
+    the event bytes are stored unchanged."""
+
+    event_id: str
+    test_id: str
+    tracking_code: str
+    trigger: str
+    event: bytes
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    state: str
+    attempts: int
+    step: int
+    due_at: datetime
+    reason: str | None
+    http_status: int | None = None
+    endpoint_host: str | None = None
+    last_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledDelivery:
+    """A claimed row: held by this instance until it is updated, removed or released."""
+
+    id: int
+    event_id: str
+    test_id: str
+    tracking_code: str
+    trigger: str
+    event: bytes
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    attempts: int
+    step: int
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleStats:
+    pending: int
+    dead: int
+    oldest_overdue_seconds: float  # 0 when nothing claimable is overdue
+
+
+_COLUMNS: Final = (
+    "event_id, test_id, tracking_code, trigger, event, source_topic, source_partition, "
+    "source_offset, state, attempts, step, due_at, reason, http_status, endpoint_host, "
+    "last_attempt_at, failed_at"
+)
+
+_INSERT: Final = f"""
+INSERT INTO scheduled_deliveries ({_COLUMNS})
+SELECT *, CASE WHEN state = 'dead' THEN now() END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
+            $7::int[], $8::bigint[], $9::text[], $10::int[], $11::int[], $12::timestamptz[],
+            $13::text[], $14::int[], $15::text[], $16::timestamptz[])
+    AS u(event_id, test_id, tracking_code, trigger, event, source_topic, source_partition,
+         source_offset, state, attempts, step, due_at, reason, http_status, endpoint_host,
+         last_attempt_at)
+ON CONFLICT (event_id) DO NOTHING
+"""  # noqa: S608 - a fixed column list
+
+_CLAIMED: Final = (
+    "s.id, s.event_id, s.test_id, s.tracking_code, s.trigger, s.event, s.source_topic, "
+    "s.source_partition, s.source_offset, s.attempts, s.step, s.due_at"
+)
+
+# The head of each test's pending rows, due, not leased, not paused, not excluded.
+_CLAIM: Final = f"""
+WITH due AS (
+    SELECT d.id
+    FROM scheduled_deliveries d
+    WHERE d.state = 'pending'
+      AND d.due_at <= now()
+      AND (d.locked_until IS NULL OR d.locked_until < now())
+      AND d.tracking_code <> ALL($2::text[])
+      AND NOT EXISTS (
+          SELECT 1 FROM tracking_codes t WHERE t.code = d.tracking_code AND t.paused)
+      AND NOT EXISTS (
+          SELECT 1 FROM scheduled_deliveries e
+          WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
+    ORDER BY d.due_at, d.id
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE scheduled_deliveries s
+SET locked_by = $3, locked_until = now() + make_interval(secs => $4)
+FROM due
+WHERE s.id = due.id
+RETURNING {_CLAIMED}
+"""  # noqa: S608 - a fixed column list
+
+_RESCHEDULE: Final = """
+UPDATE scheduled_deliveries
+SET attempts = $2, step = $3, due_at = $4, reason = $5, http_status = $6,
+    endpoint_host = COALESCE($7, endpoint_host), last_attempt_at = COALESCE($8, last_attempt_at),
+    locked_by = NULL, locked_until = NULL
+WHERE id = $1
+"""
+
+# Both return whether another pending row of the same test is left. The outer query sees the
+# table as it was before the CTE's change, hence ``e.id <> $1``.
+_KILL: Final = """
+WITH dead AS (
+    UPDATE scheduled_deliveries
+    SET state = 'dead', attempts = $2, step = $3, reason = $4, http_status = $5,
+        endpoint_host = COALESCE($6, endpoint_host),
+        last_attempt_at = COALESCE($7, last_attempt_at),
+        failed_at = now(), locked_by = NULL, locked_until = NULL
+    WHERE id = $1
+    RETURNING test_id
+)
+SELECT EXISTS (
+    SELECT 1 FROM scheduled_deliveries e, dead
+    WHERE e.test_id = dead.test_id AND e.state = 'pending' AND e.id <> $1)
+"""
+
+_REMOVE: Final = """
+WITH gone AS (DELETE FROM scheduled_deliveries WHERE id = $1 RETURNING test_id)
+SELECT EXISTS (
+    SELECT 1 FROM scheduled_deliveries e, gone
+    WHERE e.test_id = gone.test_id AND e.state = 'pending' AND e.id <> $1)
+"""
+
+_RELEASE: Final = """
+UPDATE scheduled_deliveries SET locked_by = NULL, locked_until = NULL
+WHERE id = ANY($1::bigint[]) AND locked_by = $2
+"""
+
+_RELEASE_ALL: Final = """
+UPDATE scheduled_deliveries SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1
+"""
+
+_WAITING_TESTS: Final = """
+SELECT DISTINCT source_partition, test_id
+FROM scheduled_deliveries
+WHERE state = 'pending' AND source_topic = $1 AND source_partition = ANY($2::int[])
+"""
+
+_STILL_WAITING: Final = """
+SELECT DISTINCT test_id FROM scheduled_deliveries
+WHERE state = 'pending' AND test_id = ANY($1::text[])
+"""
+
+_STATS: Final = """
+SELECT
+    count(*) FILTER (WHERE d.state = 'pending') AS pending,
+    count(*) FILTER (WHERE d.state = 'dead') AS dead,
+    COALESCE(EXTRACT(EPOCH FROM now() - min(d.due_at) FILTER (
+        WHERE d.state = 'pending' AND d.due_at <= now()
+          AND (d.locked_until IS NULL OR d.locked_until < now())
+          AND NOT COALESCE(t.paused, false))), 0)::float8 AS oldest_overdue
+FROM scheduled_deliveries d
+LEFT JOIN tracking_codes t ON t.code = d.tracking_code
+"""
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
+
+
+class ScheduleStore:
+    """The schedule over an asyncpg pool; ``start()`` before use, ``close()`` after.
+
+    ``owner`` names this instance in the leases it takes.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        owner: str,
+        pool_size: int = 4,
+        query_timeout: float = 10.0,
+        retry_initial: float = 0.2,
+        retry_max: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self.owner = owner
+        self._pool_size = pool_size
+        self._query_timeout = query_timeout
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self._pool: asyncpg.Pool | None = None
+        self._adds: list[tuple[NewDelivery, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._routine: asyncio.Task[None] | None = None
+        self._outage_started: float | None = None
+        self.inserts = 0
+
+    @property
+    def available(self) -> bool:
+        return self._outage_started is None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=0, max_size=self._pool_size, timeout=self._query_timeout
+        )
+        self._routine = asyncio.create_task(self._insert_routine(), name="schedule_insert")
+
+    async def close(self) -> None:
+        if self._routine is not None:
+            self._routine.cancel()
+            await asyncio.wait([self._routine])
+        adds, self._adds = self._adds, []
+        for _, future in adds:
+            if not future.done():
+                future.set_exception(StoreUnavailable("the schedule is closed"))
+                future.exception()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), self._query_timeout)
+            except TimeoutError:
+                self._pool.terminate()
+
+    # -- adding ---------------------------------------------------------------------
+
+    async def add(self, delivery: NewDelivery) -> None:
+        """Add a row (a row of the same ``event_id`` already there is kept as it is);
+        returns once it is committed."""
+        if self._routine is None or self._routine.done():
+            raise StoreUnavailable("the schedule is not running")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._adds.append((delivery, future))
+        self._wakeup.set()
+        await asyncio.shield(future)
+
+    async def _insert_routine(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(0)  # adds of the same loop tick join this insert
+            self._wakeup.clear()
+            batch, self._adds = self._adds, []
+            if not batch:
+                continue
+            try:
+                await self._retrying("insert", functools.partial(self._insert, rows=batch))
+            except _REFUSED:
+                # One row the database refuses must not fail the others: add them one by one.
+                for delivery, future in batch:
+                    await self._insert_one(delivery, future)
+                continue
+            except StoreUnavailable as exc:  # only when closing
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _insert_one(self, delivery: NewDelivery, future: asyncio.Future[None]) -> None:
+        try:
+            await self._retrying("insert", functools.partial(self._insert, rows=[(delivery, None)]))
+        except _REFUSED as exc:
+            log.exception(
+                "schedule_row_refused", error=type(exc).__name__, event_id=delivery.event_id
+            )
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(None)
+
+    async def _insert(self, conn: Connection, rows: Sequence[tuple[NewDelivery, object]]) -> None:
+        self.inserts += 1
+        await self._insert_rows(conn, [delivery for delivery, _ in rows])
+
+    @staticmethod
+    async def _insert_rows(conn: Connection, rows: Sequence[NewDelivery]) -> None:
+        await conn.execute(
+            _INSERT,
+            [r.event_id for r in rows],
+            [_storable(r.test_id) for r in rows],
+            [r.tracking_code for r in rows],
+            [r.trigger for r in rows],
+            [r.event for r in rows],
+            [r.source_topic for r in rows],
+            [r.source_partition for r in rows],
+            [r.source_offset for r in rows],
+            [r.state for r in rows],
+            [r.attempts for r in rows],
+            [r.step for r in rows],
+            [r.due_at for r in rows],
+            [r.reason for r in rows],
+            [r.http_status for r in rows],
+            [r.endpoint_host for r in rows],
+            [r.last_attempt_at for r in rows],
+        )
+
+    # -- claiming and settling ----------------------------------------------------------
+
+    async def claim(
+        self, limit: int, *, exclude: Iterable[str] = (), lease: float
+    ) -> list[ScheduledDelivery]:
+        """Claim up to ``limit`` due rows (the head of each test's queue), leased for
+        ``lease`` seconds; codes in ``exclude`` are passed over. One try: the caller
+        polls again."""
+        excluded = list(exclude)
+        rows = await self._once(lambda conn: conn.fetch(_CLAIM, limit, excluded, self.owner, lease))
+        return [
+            ScheduledDelivery(
+                id=row["id"],
+                event_id=row["event_id"],
+                test_id=row["test_id"],
+                tracking_code=row["tracking_code"],
+                trigger=row["trigger"],
+                event=bytes(row["event"]),
+                source_topic=row["source_topic"],
+                source_partition=row["source_partition"],
+                source_offset=row["source_offset"],
+                attempts=row["attempts"],
+                step=row["step"],
+                due_at=row["due_at"],
+            )
+            for row in sorted(rows, key=lambda r: (r["due_at"], r["id"]))
+        ]
+
+    async def reschedule(
+        self,
+        row_id: int,
+        *,
+        attempts: int,
+        step: int,
+        due_at: datetime,
+        reason: str,
+        http_status: int | None = None,
+        endpoint_host: str | None = None,
+        last_attempt_at: datetime | None = None,
+    ) -> None:
+        """Put a claimed row back, pending until ``due_at``; the lease ends."""
+        await self._retrying(
+            "reschedule",
+            lambda conn: conn.execute(
+                _RESCHEDULE,
+                row_id,
+                attempts,
+                step,
+                due_at,
+                reason,
+                http_status,
+                endpoint_host,
+                last_attempt_at,
+            ),
+        )
+
+    async def kill(
+        self,
+        row_id: int,
+        *,
+        attempts: int,
+        step: int,
+        reason: str,
+        http_status: int | None = None,
+        endpoint_host: str | None = None,
+        last_attempt_at: datetime | None = None,
+    ) -> bool:
+        """Mark a claimed row dead (kept for replay); True when its test has other
+        pending rows."""
+        value = await self._retrying(
+            "kill",
+            lambda conn: conn.fetchval(
+                _KILL,
+                row_id,
+                attempts,
+                step,
+                reason,
+                http_status,
+                endpoint_host,
+                last_attempt_at,
+            ),
+        )
+        return bool(value)
+
+    async def remove(self, row_id: int) -> bool:
+        """Delete a settled row; True when its test has other pending rows."""
+        value = await self._retrying("remove", lambda conn: conn.fetchval(_REMOVE, row_id))
+        return bool(value)
+
+    async def release(self, row_ids: Sequence[int]) -> None:
+        """Give claimed rows back unchanged."""
+        if row_ids:
+            ids = list(row_ids)
+            await self._retrying("release", lambda conn: conn.execute(_RELEASE, ids, self.owner))
+
+    async def release_all(self) -> None:
+        """Give back every lease this instance holds (at shutdown); one try."""
+        await self._once(lambda conn: conn.execute(_RELEASE_ALL, self.owner))
+
+    # -- what the consume loop and the metrics read -----------------------------------
+
+    async def waiting_tests(self, topic: str, partitions: Sequence[int]) -> dict[int, set[str]]:
+        """The test ids with pending rows that came from each of ``partitions``."""
+        parts = list(partitions)
+        rows = await self._retrying(
+            "load_waiting", lambda conn: conn.fetch(_WAITING_TESTS, topic, parts)
+        )
+        out: dict[int, set[str]] = {p: set() for p in parts}
+        for row in rows:
+            out[row["source_partition"]].add(row["test_id"])
+        return out
+
+    async def still_waiting(self, test_ids: Sequence[str]) -> set[str]:
+        """Which of ``test_ids`` still have pending rows; one try."""
+        ids = [_storable(t) for t in test_ids]
+        rows = await self._once(lambda conn: conn.fetch(_STILL_WAITING, ids))
+        return {row["test_id"] for row in rows}
+
+    async def stats(self) -> ScheduleStats:
+        """Counts by state and the age of the oldest overdue claimable row; one try."""
+        row = await self._once(lambda conn: conn.fetchrow(_STATS))
+        assert row is not None  # an aggregate always yields a row
+        return ScheduleStats(row["pending"], row["dead"], float(row["oldest_overdue"]))
+
+    # -- connections --------------------------------------------------------------------
+
+    async def _once(self, query: Callable[[Connection], Awaitable[_T]]) -> _T:
+        if self._pool is None:
+            raise StoreUnavailable("the schedule is not running")
+        try:
+            async with asyncio.timeout(self._query_timeout), self._pool.acquire() as conn:
+                result = await query(conn)
+        except _UNAVAILABLE as exc:
+            self._note_unavailable("query", exc)
+            raise StoreUnavailable(f"the schedule is unavailable ({type(exc).__name__})") from exc
+        self._note_recovered()
+        return result
+
+    async def _retrying(self, what: str, query: Callable[[Connection], Awaitable[_T]]) -> _T:
+        """Run ``query`` until it succeeds, waiting through outages."""
+        delay = self._retry_initial
+        while True:
+            if self._pool is None:
+                raise StoreUnavailable("the schedule is not running")
+            try:
+                async with asyncio.timeout(self._query_timeout), self._pool.acquire() as conn:
+                    result = await query(conn)
+            except _REFUSED:
+                raise
+            except _UNAVAILABLE as exc:
+                self._note_unavailable(what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            self._note_recovered()
+            return result
+
+    def _note_unavailable(self, what: str, exc: BaseException) -> None:
+        if self._outage_started is not None:
+            return
+        self._outage_started = time.monotonic()
+        log.warning(
+            "schedule_unavailable",
+            error=type(exc).__name__,
+            waiting_for="Postgres",
+            operation=what,
+        )
+
+    def _note_recovered(self) -> None:
+        if self._outage_started is None:
+            return
+        seconds = time.monotonic() - self._outage_started
+        self._outage_started = None
+        log.info("schedule_recovered", outage_seconds=round(seconds, 3))

@@ -1,0 +1,227 @@
+"""The schedule runner: claims due deliveries from the schedule and attempts them.
+
+Every instance runs one. ``_claim_routine`` claims the head of each test's waiting
+deliveries when it is due (``FOR UPDATE SKIP LOCKED`` and a lease, so that with several
+instances each due delivery is attempted by one of them), passing over tracking codes whose
+share of attempts is full or whose breaker has a probe out, and runs each claimed delivery
+as its own task, at most ``capacity`` at a time. It claims again when woken (a delivery was
+put on the schedule or settled, a slot freed) and at least every ``poll_interval``, so a
+delivery is attempted no earlier than its due time and about ``poll_interval`` after it at
+the latest.
+
+A claimed delivery is rebuilt from its event with the tracking code as it is now: a URL or a
+password fixed during an outage is what the retry uses, and a code disabled meanwhile ends
+the delivery ``skipped``.
+
+``_housekeeping_routine`` exports the schedule's counts and the age of its oldest overdue
+delivery, and forgets test ids that no longer have anything waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final, Protocol
+
+import structlog
+
+from consumer.delivery.deliverer import Deliverer, Delivery, Source, WaitingTests
+from consumer.delivery.endpoints import EndpointGate
+from consumer.delivery.schedule import ScheduledDelivery, ScheduleStore
+from consumer.errors import InvalidEvent, StoreUnavailable
+from consumer.events import parse_event
+from consumer.metrics import Metrics
+from consumer.outcomes import Outcome
+from consumer.tracking_codes import TrackingCode
+from consumer.triggers import Deliver, Skip, decide
+
+log = structlog.get_logger(__name__)
+
+CLAIM_BATCH: Final = 200
+MIN_CLAIM_GAP: Final = 0.02  # woken more often than this, claims are gathered up
+HOUSEKEEPING_INTERVAL: Final = 5.0
+PRUNE_EVERY: Final = 6  # housekeeping rounds between two prunes of the waiting test ids
+
+
+class TrackingLookup(Protocol):
+    async def get(self, code: str) -> TrackingCode | None: ...
+
+
+class ScheduleRunner:
+    def __init__(
+        self,
+        *,
+        schedule: ScheduleStore,
+        store: TrackingLookup,
+        deliverer: Deliverer,
+        gate: EndpointGate,
+        waiting: WaitingTests,
+        metrics: Metrics,
+        capacity: int,
+        poll_interval: float,
+        lease: float,
+    ) -> None:
+        self.schedule = schedule
+        self.store = store
+        self.deliverer = deliverer
+        self.gate = gate
+        self.waiting = waiting
+        self.metrics = metrics
+        self.capacity = capacity
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._routines: list[asyncio.Task[None]] = []
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def start(self) -> None:
+        self._routines = [
+            asyncio.create_task(self._claim_routine(), name="schedule_claim"),
+            asyncio.create_task(self._housekeeping_routine(), name="schedule_housekeeping"),
+        ]
+        for routine in self._routines:
+            routine.add_done_callback(_log_crash)
+
+    async def shutdown(self, drain_timeout: float) -> bool:
+        """Stop claiming, let the attempts in hand finish within ``drain_timeout``, cancel
+        the rest and give back every lease; True when all finished in time."""
+        self._stopping = True
+        for routine in self._routines:
+            routine.cancel()
+        await asyncio.gather(*self._routines, return_exceptions=True)
+        drained = True
+        if self._tasks:
+            _, left = await asyncio.wait(set(self._tasks), timeout=drain_timeout)
+            drained = not left
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            await self.schedule.release_all()
+        return drained
+
+    # -- claiming -----------------------------------------------------------------------
+
+    async def _claim_routine(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.poll_interval
+        while not self._stopping:
+            self.gate.refresh()
+            free = self.capacity - len(self._tasks)
+            wanted = min(free, CLAIM_BATCH)
+            claimed: list[ScheduledDelivery] = []
+            started = loop.time()
+            if wanted > 0:
+                try:
+                    claimed = await self.schedule.claim(
+                        wanted, exclude=self.gate.excluded(), lease=self.lease
+                    )
+                except StoreUnavailable:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                delay = self.poll_interval
+            for row in claimed:
+                self._spawn(row)
+            self.metrics.scheduled_in_flight.set(len(self._tasks))
+            if claimed and len(claimed) == wanted:
+                await asyncio.sleep(MIN_CLAIM_GAP)  # more are due: claim again soon
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wakeup.wait()
+            gap = MIN_CLAIM_GAP - (loop.time() - started)
+            if gap > 0:
+                await asyncio.sleep(gap)
+
+    def _spawn(self, row: ScheduledDelivery) -> None:
+        task = asyncio.create_task(self._run(row))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wakeup.set()
+
+    async def _run(self, row: ScheduledDelivery) -> None:
+        with structlog.contextvars.bound_contextvars(
+            event_id=row.event_id, test_id=row.test_id, delivery_id=row.id
+        ):
+            try:
+                await self._attempt(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not stop the runner: logged with its traceback; the row's lease
+                # runs out and it is tried again.
+                log.exception("scheduled_delivery_crashed")
+
+    async def _attempt(self, row: ScheduledDelivery) -> None:
+        try:
+            event = parse_event(row.event)
+        except InvalidEvent as exc:
+            # Only a row edited by hand can get here: keep it, dead, for a person to see.
+            log.error(  # noqa: TRY400 - the rule is the message; a traceback says nothing more
+                "scheduled_event_unreadable", field=exc.field, rule=exc.rule
+            )
+            await self.schedule.kill(
+                row.id, attempts=row.attempts, step=row.step, reason="invalid_event"
+            )
+            return
+        delivery = Delivery(
+            event=event,
+            raw=row.event,
+            trigger=row.trigger,
+            source=Source(row.source_topic, row.source_partition, row.source_offset),
+            row_id=row.id,
+            attempts=row.attempts,
+            step=row.step,
+        )
+        code = await self.store.get(event.tracking_code) if event.tracking_code else None
+        decision = decide(event, code)
+        if isinstance(decision, Deliver):
+            await self.deliverer.deliver(delivery, decision.tracking_code)
+            return
+        # The code was disabled, removed, or no longer asks for Finished since the event
+        # joined the schedule: nothing is sent, and the delivery ends skipped.
+        reason = decision.reason if isinstance(decision, Skip) else decision.why
+        log.info("webhook_skipped", reason=reason, trigger=row.trigger, scheduled=True)
+        await self.deliverer.settle(delivery, Outcome.SKIPPED, reason)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    async def _housekeeping_routine(self) -> None:
+        rounds = 0
+        while not self._stopping:
+            rounds += 1
+            try:
+                stats = await self.schedule.stats()
+                self.metrics.scheduled.labels("pending").set(stats.pending)
+                self.metrics.scheduled.labels("dead").set(stats.dead)
+                self.metrics.oldest_overdue.set(stats.oldest_overdue_seconds)
+                if rounds % PRUNE_EVERY == 0:
+                    await self._prune_waiting()
+            except StoreUnavailable:
+                pass  # logged by the store; the next round tries again
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+
+    async def _prune_waiting(self) -> None:
+        checked, since = self.waiting.snapshot()
+        if not checked:
+            return
+        still = await self.schedule.still_waiting(sorted(checked))
+        self.waiting.prune(still, checked, since)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("schedule_routine_crashed", exc_info=exc)
