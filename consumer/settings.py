@@ -57,6 +57,13 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _lease(text: str) -> float:
+    value = parse_duration(text)
+    if value < 1.0:
+        raise ValueError(f"{text!r} must be at least 1s (leases are renewed every third of it)")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
@@ -150,7 +157,7 @@ _SPEC: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "BREAKER_WINDOW": ("60s", _positive_duration),
     "BREAKER_COOLDOWN": ("30s", _positive_duration),
     "SCHEDULE_POLL_INTERVAL": ("1s", _positive_duration),
-    "SCHEDULE_LEASE": ("2m", _positive_duration),
+    "SCHEDULE_LEASE": ("30s", _lease),
     "COMMIT_INTERVAL": ("1s", _positive_duration),
     "DRAIN_TIMEOUT": ("30s", _positive_duration),
     "TRACKING_CODE_TTL": ("4s", _tracking_code_ttl),
@@ -199,14 +206,7 @@ class Settings:
                 values[name.lower()] = parse(raw)
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
-        settings = cls(**values)
-        if settings.schedule_lease <= settings.http_total_timeout:
-            raise ConfigError(
-                "SCHEDULE_LEASE",
-                "must be longer than HTTP_TOTAL_TIMEOUT, or a retry still running could be "
-                "claimed again by another instance",
-            )
-        return settings
+        return cls(**values)
 
     def safe_summary(self) -> dict[str, object]:
         """The settings for a start-up log line, with the database password masked."""

@@ -186,7 +186,7 @@ class Breaker:
             self._buckets.append(_Bucket(index))
         bucket = self._buckets[-1]
         bucket.attempts += 1
-        if ok:
+        if not ok:
             bucket.failures += 1
         attempts = sum(b.attempts for b in self._buckets)
         if attempts < self._policy.min_attempts:

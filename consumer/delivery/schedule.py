@@ -177,6 +177,11 @@ UPDATE scheduled_deliveries SET locked_by = NULL, locked_until = NULL
 WHERE id = ANY($1::bigint[]) AND locked_by = $2
 """
 
+_RENEW: Final = """
+UPDATE scheduled_deliveries SET locked_until = now() + make_interval(secs => $2)
+WHERE locked_by = $1 AND id = ANY($3::bigint[])
+"""
+
 _RELEASE_ALL: Final = """
 UPDATE scheduled_deliveries SET locked_by = NULL, locked_until = NULL WHERE locked_by = $1
 """
@@ -432,6 +437,12 @@ class ScheduleStore:
         if row_ids:
             ids = list(row_ids)
             await self._retrying("release", lambda conn: conn.execute(_RELEASE, ids, self.owner))
+
+    async def renew(self, row_ids: Sequence[int], lease: float) -> None:
+        """Extend the leases on rows still being attempted; one try."""
+        if row_ids:
+            ids = list(row_ids)
+            await self._once(lambda conn: conn.execute(_RENEW, self.owner, lease, ids))
 
     async def release_all(self) -> None:
         """Give back every lease this instance holds (at shutdown); one try."""

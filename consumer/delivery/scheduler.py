@@ -13,6 +13,10 @@ A claimed delivery is rebuilt from its event with the tracking code as it is now
 password fixed during an outage is what the retry uses, and a code disabled meanwhile ends
 the delivery ``skipped``.
 
+A lease lasts ``lease`` seconds and ``_lease_routine`` renews the leases of the deliveries in
+hand every third of it, so an attempt may take as long as it takes while a crashed instance's
+deliveries are claimable again ``lease`` seconds after it died.
+
 ``_housekeeping_routine`` exports the schedule's counts and the age of its oldest overdue
 delivery, and forgets test ids that no longer have anything waiting.
 """
@@ -70,7 +74,7 @@ class ScheduleRunner:
         self.capacity = capacity
         self.poll_interval = poll_interval
         self.lease = lease
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], int] = {}  # task -> the row it works on
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._routines: list[asyncio.Task[None]] = []
@@ -86,6 +90,7 @@ class ScheduleRunner:
         self._routines = [
             asyncio.create_task(self._claim_routine(), name="schedule_claim"),
             asyncio.create_task(self._housekeeping_routine(), name="schedule_housekeeping"),
+            asyncio.create_task(self._lease_routine(), name="schedule_lease"),
         ]
         for routine in self._routines:
             routine.add_done_callback(_log_crash)
@@ -145,12 +150,18 @@ class ScheduleRunner:
 
     def _spawn(self, row: ScheduledDelivery) -> None:
         task = asyncio.create_task(self._run(row))
-        self._tasks.add(task)
+        self._tasks[task] = row.id
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self._wakeup.set()
+
+    async def _lease_routine(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.lease / 3)
+            with contextlib.suppress(StoreUnavailable):  # logged by the store
+                await self.schedule.renew(list(self._tasks.values()), self.lease)
 
     async def _run(self, row: ScheduledDelivery) -> None:
         with structlog.contextvars.bound_contextvars(

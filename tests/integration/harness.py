@@ -49,6 +49,7 @@ class Stack:
             "ALLOW_PRIVATE_ENDPOINTS": "true",
             "RETRY_SCHEDULE": "100ms,200ms",
             "SCHEDULE_POLL_INTERVAL": "100ms",
+            "SCHEDULE_LEASE": "3s",
             "COMMIT_INTERVAL": "200ms",
             "LOG_FORMAT": "console",
             "LOG_LEVEL": "warning",

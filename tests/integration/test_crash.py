@@ -57,8 +57,10 @@ async def committed_total(bootstrap: str, group: str) -> int:
 
 
 async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) -> None:
-    """Kill -9 with hundreds in flight, restart: every event ends with a final outcome and
-    its webhook was received at least once; duplicates are counted and reported."""
+    """Kill -9 with hundreds in flight and many waiting in the schedule (one endpoint, 200 ms
+    answers, so most events overflow its share), restart: every event ends with a final
+    outcome and its webhook was received at least once; duplicates are counted and
+    reported."""
     receiver = await Receiver(respond=slower_ok).start()
     total = 600
     events = [
@@ -79,6 +81,7 @@ async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) ->
         await receiver.wait_for(total * 3 // 4, timeout=60)
         assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
         received_before_restart = len(receiver.requests)
+        ids_before_restart = {r.headers["webhook-id"] for r in receiver.requests}
         committed_before_restart = await committed_total(stack.bootstrap, stack.group)
         assert received_before_restart < total, "the crash came too late to prove anything"
         second = await ServiceProcess.start(stack)
@@ -99,7 +102,11 @@ async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) ->
             f" webhooks={len(receiver.requests)} duplicate_webhooks={duplicate_webhooks}"
             f" duplicate_final_outcomes={duplicate_outcomes}"
         )
-    assert duplicate_webhooks <= received_before_restart - committed_before_restart
+    # Only work in hand at the kill is redone: an event whose webhook had not arrived before
+    # the kill is never sent twice, and none is sent more than twice.
+    duplicated = {webhook_id for webhook_id, n in webhooks.items() if n > 1}
+    assert duplicated <= ids_before_restart
+    assert max(webhooks.values()) <= 2
 
 
 async def test_sigterm_drains_commits_and_exits_zero(stack: Stack) -> None:
