@@ -110,8 +110,11 @@ class MemorySchedule:
         ]
 
     def next_due(self) -> datetime | None:
-        pending = self.pending()
-        return min((r.due_at for r in pending), default=None)
+        """The earliest due time among the heads of each test's pending rows."""
+        heads: dict[str, Row] = {}
+        for row in self.pending():
+            heads.setdefault(row.new.test_id, row)
+        return min((r.due_at for r in heads.values()), default=None)
 
     def _others(self, row: Row) -> bool:
         return any(r.new.test_id == row.new.test_id and r.id != row.id for r in self.pending())

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,3 +206,24 @@ async def add_tracking_code(
         )
     finally:
         await conn.close()
+
+
+def final_for(event_ids: set[str]) -> Any:
+    """A reader predicate: every event id has a final outcome."""
+
+    def done(records: list[Any]) -> bool:
+        finals = {
+            doc["event_id"]
+            for doc in (orjson.loads(r.value) for r in records)
+            if doc["outcome"] != "retry_scheduled"
+        }
+        return event_ids <= finals
+
+    return done
+
+
+def by_event(outcomes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for doc in outcomes:
+        grouped[doc["event_id"]].append(doc)
+    return grouped

@@ -21,6 +21,8 @@ from tests.integration.harness import (
     Stack,
     TopicReader,
     add_tracking_code,
+    by_event,
+    final_for,
     publish,
     running_service,
 )
@@ -29,27 +31,6 @@ from tests.receiver import Receiver
 from tests.signatures import assert_verifies
 
 pytestmark = pytest.mark.integration
-
-
-def final_for(event_ids: set[str]) -> Any:
-    """A reader predicate: every event id has a final outcome."""
-
-    def done(records: list[Any]) -> bool:
-        finals = {
-            doc["event_id"]
-            for doc in (orjson.loads(r.value) for r in records)
-            if doc["outcome"] != "retry_scheduled"
-        }
-        return event_ids <= finals
-
-    return done
-
-
-def by_event(outcomes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for doc in outcomes:
-        grouped[doc["event_id"]].append(doc)
-    return grouped
 
 
 async def test_trigger_table_decides_which_events_send_a_webhook(

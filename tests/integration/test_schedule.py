@@ -1,0 +1,194 @@
+"""The schedule's rules as Postgres keeps them: claims, order per test, leases, pause."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, ScheduleStore
+from tests.integration.harness import add_tracking_code
+
+pytestmark = pytest.mark.integration
+
+
+def row(test_id: str, *, due_in: float = -1.0, code: str = "C", **changes: object) -> NewDelivery:
+    values: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "test_id": test_id,
+        "tracking_code": code,
+        "trigger": "completed",
+        "event": b"{}",
+        "source_topic": "exam-events",
+        "source_partition": 0,
+        "source_offset": 0,
+        "state": PENDING,
+        "attempts": 1,
+        "step": 1,
+        "due_at": datetime.now(UTC) + timedelta(seconds=due_in),
+        "reason": "http_503",
+    }
+    values.update(changes)
+    return NewDelivery(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def schedule(database_url: str) -> AsyncIterator[ScheduleStore]:
+    store = ScheduleStore(database_url, owner="test-a")
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_only_due_heads_of_each_test_are_claimed_earliest_first(
+    schedule: ScheduleStore,
+) -> None:
+    await schedule.add(row("A", due_in=-5))
+    await schedule.add(row("A", due_in=-10))  # later in line, though due earlier
+    await schedule.add(row("B", due_in=-7))
+    await schedule.add(row("C", due_in=60))  # not due
+    claimed = await schedule.claim(10, lease=30)
+    assert [(c.test_id, c.id) for c in claimed] == [("B", 3), ("A", 1)]
+
+
+async def test_a_claimed_row_is_not_claimed_again_while_leased(schedule: ScheduleStore) -> None:
+    await schedule.add(row("A"))
+    assert len(await schedule.claim(10, lease=30)) == 1
+    assert await schedule.claim(10, lease=30) == []
+
+
+async def test_a_lease_that_runs_out_makes_the_row_claimable_again(
+    schedule: ScheduleStore,
+) -> None:
+    await schedule.add(row("A"))
+    [first] = await schedule.claim(10, lease=0.2)
+    await asyncio.sleep(0.4)
+    [again] = await schedule.claim(10, lease=30)
+    assert again.id == first.id
+
+
+async def test_a_renewed_lease_keeps_the_row(schedule: ScheduleStore) -> None:
+    await schedule.add(row("A"))
+    [first] = await schedule.claim(10, lease=0.5)
+    await schedule.renew([first.id], 30)
+    await asyncio.sleep(0.7)
+    assert await schedule.claim(10, lease=30) == []
+
+
+async def test_concurrent_claims_never_share_a_row(database_url: str) -> None:
+    """Two instances claiming at once split the due rows between them."""
+    a = ScheduleStore(database_url, owner="a")
+    b = ScheduleStore(database_url, owner="b")
+    await a.start()
+    await b.start()
+    try:
+        for i in range(300):
+            await a.add(row(f"T{i}"))
+        claims_a, claims_b = [], []
+        for _ in range(10):
+            got_a, got_b = await asyncio.gather(a.claim(20, lease=30), b.claim(20, lease=30))
+            claims_a += [c.id for c in got_a]
+            claims_b += [c.id for c in got_b]
+    finally:
+        await a.close()
+        await b.close()
+    assert not set(claims_a) & set(claims_b)
+    assert len(claims_a) + len(claims_b) == 300
+    assert len(set(claims_a + claims_b)) == 300
+
+
+async def test_a_later_row_waits_while_the_head_is_leased_elsewhere(
+    schedule: ScheduleStore,
+) -> None:
+    await schedule.add(row("A"))
+    await schedule.add(row("A"))
+    [head] = await schedule.claim(10, lease=30)
+    assert await schedule.claim(10, lease=30) == [], "the second waits for the first"
+    assert await schedule.remove(head.id) is True, "another row of the test is pending"
+    [second] = await schedule.claim(10, lease=30)
+    assert second.id == head.id + 1
+    assert await schedule.remove(second.id) is False
+
+
+async def test_dead_rows_are_kept_and_do_not_hold_later_ones(
+    schedule: ScheduleStore, db: asyncpg.Connection
+) -> None:
+    await schedule.add(row("A"))
+    await schedule.add(row("A"))
+    [head] = await schedule.claim(10, lease=30)
+    assert await schedule.kill(head.id, attempts=3, step=2, reason="retries_exhausted") is True
+    state, failed_at = await db.fetchrow(
+        "SELECT state, failed_at FROM scheduled_deliveries WHERE id = $1", head.id
+    )
+    assert state == DEAD
+    assert failed_at is not None
+    assert [c.id for c in await schedule.claim(10, lease=30)] == [head.id + 1]
+
+
+async def test_paused_and_excluded_codes_are_passed_over(
+    schedule: ScheduleStore, database_url: str, db: asyncpg.Connection
+) -> None:
+    await add_tracking_code(database_url, "P", "https://p.example/x", paused=True)
+    await schedule.add(row("A", code="P"))
+    await schedule.add(row("B", code="BUSY"))
+    await schedule.add(row("C", code="FREE"))
+    claimed = await schedule.claim(10, exclude=["BUSY"], lease=30)
+    assert [c.tracking_code for c in claimed] == ["FREE"]
+    await db.execute("UPDATE tracking_codes SET paused = false WHERE code = 'P'")
+    assert [c.tracking_code for c in await schedule.claim(10, exclude=["BUSY"], lease=30)] == ["P"]
+
+
+async def test_a_second_row_for_the_same_event_is_ignored(
+    schedule: ScheduleStore, db: asyncpg.Connection
+) -> None:
+    """An event consumed again after a crash finds its row and leaves it as it is."""
+    first = row("A", reason="http_503")
+    await schedule.add(first)
+    await schedule.add(row("A", event_id=first.event_id, reason="endpoint_busy"))
+    rows = await db.fetch("SELECT reason FROM scheduled_deliveries")
+    assert [r["reason"] for r in rows] == ["http_503"]
+
+
+async def test_adds_of_one_moment_share_one_insert(schedule: ScheduleStore) -> None:
+    before = schedule.inserts
+    await asyncio.gather(*(schedule.add(row(f"T{i}")) for i in range(200)))
+    assert schedule.inserts - before <= 3
+    assert len(await schedule.claim(500, lease=30)) == 200
+
+
+async def test_a_nul_in_a_test_id_is_stored_replaced(schedule: ScheduleStore) -> None:
+    await schedule.add(row("A\x00B"))
+    [claimed] = await schedule.claim(10, lease=30)
+    assert claimed.test_id == "A\ufffdB"
+
+
+async def test_waiting_tests_are_read_per_partition(schedule: ScheduleStore) -> None:
+    await schedule.add(row("A", source_partition=0))
+    await schedule.add(row("B", source_partition=1))
+    await schedule.add(row("C", source_partition=2, state=DEAD))
+    await schedule.add(row("D", source_partition=1, source_topic="other"))
+    found = await schedule.waiting_tests("exam-events", [0, 1, 2])
+    assert found == {0: {"A"}, 1: {"B"}, 2: set()}
+    assert await schedule.still_waiting(["A", "C", "Z"]) == {"A"}
+
+
+async def test_stats_count_states_and_the_oldest_overdue(schedule: ScheduleStore) -> None:
+    await schedule.add(row("A", due_in=-30))
+    await schedule.add(row("B", due_in=60))
+    await schedule.add(row("C", state=DEAD))
+    stats = await schedule.stats()
+    assert (stats.pending, stats.dead) == (2, 1)
+    assert 29 <= stats.oldest_overdue_seconds <= 40
+
+
+async def test_release_all_gives_back_this_instances_leases(schedule: ScheduleStore) -> None:
+    await schedule.add(row("A"))
+    await schedule.claim(10, lease=300)
+    await schedule.release_all()
+    assert len(await schedule.claim(10, lease=30)) == 1
