@@ -7,6 +7,7 @@ same paths are tested in tests/integration/.
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime
 
@@ -98,7 +99,7 @@ async def test_a_failing_endpoint_is_tried_on_every_step_of_a_28_hour_schedule()
     await run_schedule(deliverer, memory, clock)
     assert len(sender.sent) == 8
     times = [request.timestamp for request in sender.sent]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     for gap, step in zip(gaps, CONTRACT_SCHEDULE, strict=True):
         assert step * 0.8 - 1 <= gap <= step * 1.2 + 1
     assert 0.8 * sum(CONTRACT_SCHEDULE) <= clock.now - started <= 1.2 * sum(CONTRACT_SCHEDULE)
