@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -18,6 +19,7 @@ class ReceivedRequest:
     headers: dict[str, str]
     body: bytes
     arrived: float
+    wall: float = 0.0  # Unix time of arrival, to compare with the outcomes' timestamps
 
     @property
     def form(self) -> dict[str, list[str]]:
@@ -55,6 +57,7 @@ class Receiver:
                 headers=dict(request.headers),
                 body=body,
                 arrived=loop.time(),
+                wall=time.time(),
             )
         )
         async with self._arrived:
