@@ -65,6 +65,8 @@ Item = tuple[TopicPartition, int, ExamEvent, bytes]
 class WaitingLoader(Protocol):
     async def waiting_tests(self, topic: str, partitions: list[int]) -> dict[int, set[str]]: ...
 
+    async def handed_over(self, topic: str, committed: dict[int, int]) -> dict[int, set[int]]: ...
+
 
 class Pipeline:
     def __init__(
@@ -166,6 +168,12 @@ class Pipeline:
 
     def _accept(self, tp: TopicPartition, record: Record) -> None:
         self.offsets.add(tp, record.offset)
+        if self.waiting.take_handed(tp.topic, tp.partition, record.offset):
+            # Consumed again after a crash or a hand-over: the schedule has its delivery.
+            log.debug("event_already_scheduled", partition=tp.partition, offset=record.offset)
+            self.metrics.events.labels("already_scheduled").inc()
+            self._finish(tp, record.offset)
+            return
         try:
             event = parse_event(record.value, record.key)
         except InvalidEvent as exc:
@@ -364,22 +372,32 @@ class Pipeline:
         log.info("partitions_assigned", partitions=[str(tp) for tp in assigned])
 
     async def _load_waiting(self, assigned: list[TopicPartition]) -> None:
-        """Load the tests with deliveries waiting in the schedule, before any event of these
-        partitions is handled (the schedule waits through a Postgres outage)."""
-        by_topic: dict[str, list[int]] = {}
+        """Before any event of these partitions is handled, load from the schedule the tests
+        with waiting deliveries and the uncommitted offsets it already holds (the schedule
+        waits through a Postgres outage)."""
+        by_topic: dict[str, dict[int, int]] = {}
         for tp in assigned:
-            by_topic.setdefault(tp.topic, []).append(tp.partition)
-        for topic, partitions in by_topic.items():
             try:
-                found = await self.schedule.waiting_tests(topic, partitions)
+                committed = await self.consumer.committed(tp)
+            except KafkaError as exc:
+                log.warning("committed_offset_unknown", partition=tp.partition, error=str(exc))
+                committed = None
+            by_topic.setdefault(tp.topic, {})[tp.partition] = committed or 0
+        for topic, committed_offsets in by_topic.items():
+            try:
+                found = await self.schedule.waiting_tests(topic, list(committed_offsets))
+                handed = await self.schedule.handed_over(topic, committed_offsets)
             except StoreUnavailable:
                 return  # closing: nothing will be handled
             for partition, test_ids in found.items():
                 self.waiting.load(topic, partition, test_ids)
+            for partition, offsets in handed.items():
+                self.waiting.load_handed(topic, partition, offsets)
             log.info(
                 "waiting_deliveries_loaded",
                 topic=topic,
                 tests=sum(len(t) for t in found.values()),
+                uncommitted_in_schedule=sum(len(o) for o in handed.values()),
             )
 
 

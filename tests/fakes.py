@@ -77,6 +77,16 @@ class MemorySchedule:
                 out[row.new.source_partition].add(row.new.test_id)
         return out
 
+    async def handed_over(self, topic: str, committed: dict[int, int]) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {p: set() for p in committed}
+        for row in self.rows.values():
+            new = row.new
+            if new.source_topic == topic and new.source_offset >= committed.get(
+                new.source_partition, 1 << 62
+            ):
+                out[new.source_partition].add(new.source_offset)
+        return out
+
     def pending(self) -> list[Row]:
         return sorted((r for r in self.rows.values() if r.state == PENDING), key=lambda r: r.id)
 

@@ -130,6 +130,25 @@ class WaitingTests:
         self._by_partition: dict[tuple[str, int], set[str]] = {}
         self._tick = 0
         self._added_at: dict[str, int] = {}
+        # Offsets not yet committed whose events the schedule already holds (written before
+        # a crash or a hand-over): consumed again, they are finished without a second go.
+        self._handed: dict[tuple[str, int], set[int]] = {}
+
+    def load_handed(self, topic: str, partition: int, offsets: set[int]) -> None:
+        if offsets:
+            self._handed[(topic, partition)] = set(offsets)
+        else:
+            self._handed.pop((topic, partition), None)
+
+    def take_handed(self, topic: str, partition: int, offset: int) -> bool:
+        """True (once) when the event at ``offset`` is already in the schedule."""
+        offsets = self._handed.get((topic, partition))
+        if offsets is None or offset not in offsets:
+            return False
+        offsets.discard(offset)
+        if not offsets:
+            del self._handed[(topic, partition)]
+        return True
 
     def has(self, source: Source, test_id: str) -> bool:
         tests = self._by_partition.get((source.topic, source.partition))
@@ -161,6 +180,7 @@ class WaitingTests:
     def drop(self, topic: str, partition: int) -> None:
         for test_id in self._by_partition.pop((topic, partition), set()):
             self._added_at.pop(test_id, None)
+        self._handed.pop((topic, partition), None)
 
     def loaded(self, topic: str, partition: int) -> bool:
         return (topic, partition) in self._by_partition

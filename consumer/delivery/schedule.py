@@ -192,6 +192,16 @@ FROM scheduled_deliveries
 WHERE state = 'pending' AND source_topic = $1 AND source_partition = ANY($2::int[])
 """
 
+# Rows written from offsets at or after each partition's committed offset: those events may
+# be consumed again, and their deliveries are the schedule's already.
+_HANDED: Final = """
+SELECT s.source_partition, s.source_offset
+FROM scheduled_deliveries s
+JOIN unnest($2::int[], $3::bigint[]) AS c(partition, committed)
+  ON s.source_partition = c.partition AND s.source_offset >= c.committed
+WHERE s.source_topic = $1
+"""
+
 _STILL_WAITING: Final = """
 SELECT DISTINCT test_id FROM scheduled_deliveries
 WHERE state = 'pending' AND test_id = ANY($1::text[])
@@ -459,6 +469,19 @@ class ScheduleStore:
         out: dict[int, set[str]] = {p: set() for p in parts}
         for row in rows:
             out[row["source_partition"]].add(row["test_id"])
+        return out
+
+    async def handed_over(self, topic: str, committed: dict[int, int]) -> dict[int, set[int]]:
+        """Per partition, the offsets at or after ``committed[partition]`` whose events
+        are in the schedule (pending or dead)."""
+        parts = list(committed)
+        offsets = [committed[p] for p in parts]
+        rows = await self._retrying(
+            "load_handed", lambda conn: conn.fetch(_HANDED, topic, parts, offsets)
+        )
+        out: dict[int, set[int]] = {p: set() for p in parts}
+        for row in rows:
+            out[row["source_partition"]].add(row["source_offset"])
         return out
 
     async def still_waiting(self, test_ids: Sequence[str]) -> set[str]:

@@ -50,6 +50,9 @@ class FakeConsumer:
     def pause(self, *_partitions: TopicPartition) -> None:
         return None
 
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return max((c[tp] for c in self.commits if tp in c), default=None)
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
 
@@ -76,11 +79,11 @@ class Publisher(FakePublisher):
 
 
 def make_pipeline(
-    store: Store, retry_schedule: tuple[float, ...] = ()
+    store: Store, retry_schedule: tuple[float, ...] = (), schedule: MemorySchedule | None = None
 ) -> tuple[Pipeline, Sender, Publisher]:
     sender, publisher = Sender(), Publisher()
     metrics = Metrics()
-    schedule = MemorySchedule()
+    schedule = schedule or MemorySchedule()
     waiting = WaitingTests()
     gate = EndpointGate(100, BreakerPolicy(), clock=time.monotonic)
     reporter = OutcomeReporter(publisher, metrics)
@@ -184,6 +187,26 @@ async def test_a_later_event_of_a_waiting_test_joins_the_schedule_unsent() -> No
         "http_503",
         "earlier_delivery_pending",
     ]
+
+
+async def test_an_event_consumed_again_whose_delivery_is_scheduled_is_not_redone() -> None:
+    """After a crash before the commit, the next owner finds the event's delivery in the
+    schedule and finishes the event without a second attempt or outcome."""
+    pipeline, sender, _ = make_pipeline(Store(), retry_schedule=(3600.0,))
+    sender.status = 503
+    first = record(0, test_id="A")
+    pipeline._accept(TP, first)
+    await wait_until_finished(pipeline, 1)
+    nothing_committed, fresh_sender, fresh_publisher = make_pipeline(
+        Store(), retry_schedule=(3600.0,), schedule=schedule_of(pipeline)
+    )
+    await nothing_committed.on_assigned([TP])
+    other = record(1, test_id="B")
+    nothing_committed._accept(TP, first)
+    nothing_committed._accept(TP, other)
+    await wait_until_finished(nothing_committed, 2)
+    assert [r.webhook_id for r in fresh_sender.sent] == [orjson.loads(other.value)["event_id"]]
+    assert [o.test_id for o in fresh_publisher.outcomes] == ["B"]
 
 
 async def test_waiting_tests_are_loaded_when_a_partition_is_assigned() -> None:
