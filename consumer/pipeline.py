@@ -92,6 +92,7 @@ class Pipeline:
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._rejects: dict[asyncio.Task[None], TopicPartition] = {}
         self._progress = asyncio.Event()
+        self._held_back: dict[TopicPartition, list[Record]] = {}
         self._paused = False
         self._stopping = False
         self._commit_lock = asyncio.Lock()
@@ -168,6 +169,14 @@ class Pipeline:
 
     def _accept(self, tp: TopicPartition, record: Record) -> None:
         self.offsets.add(tp, record.offset)
+        if not self.waiting.loaded(tp.topic, tp.partition):
+            # Fetched before the partition's waiting tests are loaded: handled once they are,
+            # so that no event can overtake an earlier delivery waiting in the schedule.
+            self._held_back.setdefault(tp, []).append(record)
+            return
+        self._dispatch(tp, record)
+
+    def _dispatch(self, tp: TopicPartition, record: Record) -> None:
         if self.waiting.take_handed(tp.topic, tp.partition, record.offset):
             # Consumed again after a crash or a hand-over: the schedule has its delivery.
             log.debug("event_already_scheduled", partition=tp.partition, offset=record.offset)
@@ -362,6 +371,7 @@ class Pipeline:
         self.offsets.revoke(revoked)
         for tp in revoked:
             self.waiting.drop(tp.topic, tp.partition)
+            self._held_back.pop(tp, None)
         log.info("partitions_revoked", partitions=[str(tp) for tp in revoked], drained=drained)
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -393,6 +403,10 @@ class Pipeline:
                 self.waiting.load(topic, partition, test_ids)
             for partition, offsets in handed.items():
                 self.waiting.load_handed(topic, partition, offsets)
+            for partition in committed_offsets:
+                tp = TopicPartition(topic, partition)
+                for record in self._held_back.pop(tp, []):
+                    self._dispatch(tp, record)
             log.info(
                 "waiting_deliveries_loaded",
                 topic=topic,

@@ -209,6 +209,28 @@ async def test_an_event_consumed_again_whose_delivery_is_scheduled_is_not_redone
     assert [o.test_id for o in fresh_publisher.outcomes] == ["B"]
 
 
+async def test_events_fetched_before_the_waiting_tests_are_loaded_wait_for_them() -> None:
+    """A record that arrives while its partition's assignment is still loading is handled
+    only once the waiting tests are known, so it cannot overtake an earlier delivery."""
+    pipeline, sender, _ = make_pipeline(Store(), retry_schedule=(3600.0,))
+    sender.status = 503
+    pipeline._accept(TP, record(0, test_id="A"))
+    await wait_until_finished(pipeline, 1)
+    fresh, fresh_sender, fresh_publisher = make_pipeline(
+        Store(), retry_schedule=(3600.0,), schedule=schedule_of(pipeline)
+    )
+    fresh.waiting.drop(TP.topic, TP.partition)  # assigned, not loaded yet
+    fresh.offsets.add(TP, 0)
+    fresh.offsets.finish(TP, 0)
+    fresh._accept(TP, record(1, test_id="A", status="Invalidated"))
+    await asyncio.sleep(0.05)
+    assert not fresh_publisher.outcomes
+    await fresh.on_assigned([TP])
+    await wait_until_finished(fresh, 2)
+    assert fresh_sender.sent == []
+    assert [o.reason for o in fresh_publisher.outcomes] == ["earlier_delivery_pending"]
+
+
 async def test_waiting_tests_are_loaded_when_a_partition_is_assigned() -> None:
     """A delivery left in the schedule by an earlier owner holds the test's next event."""
     pipeline, sender, _ = make_pipeline(Store(), retry_schedule=(3600.0,))
