@@ -23,6 +23,7 @@ from consumer.delivery.endpoints import EndpointGate
 from consumer.delivery.schedule import ScheduleStore
 from consumer.delivery.scheduler import ScheduleRunner
 from consumer.delivery.sender import WebhookSender
+from consumer.delivery.waiting_room import WaitingRoom
 from consumer.errors import ConfigError, StartupError
 from consumer.handler import EventHandler
 from consumer.http_api import HttpApi
@@ -162,6 +163,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
         on_transition=lambda code, change: _breaker_changed(metrics, code, change),
     )
     reporter = OutcomeReporter(publisher, metrics)
+    room = WaitingRoom(gate, settings.endpoint_queue_wait)
     deliverer = Deliverer(
         sender=sender,
         schedule=schedule,
@@ -170,6 +172,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
         metrics=metrics,
         waiting=waiting,
         retry_schedule=settings.retry_schedule,
+        room=room,
     )
     runner = ScheduleRunner(
         schedule=schedule,
@@ -182,7 +185,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
         poll_interval=settings.schedule_poll_interval,
         lease=settings.schedule_lease,
     )
-    gate.on_freed = runner.wake
+    gate.on_freed = lambda code: _slot_freed(gate, room, runner, code)
     handler = EventHandler(store=store, deliverer=deliverer, reporter=reporter, metrics=metrics)
     pipeline = Pipeline(settings, consumer, handler, metrics, schedule=schedule, waiting=waiting)
     consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
@@ -199,6 +202,15 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
         stack.push_async_callback(_bounded, "http_api", api.close)
     runner.start()
     return pipeline, runner
+
+
+def _slot_freed(gate: EndpointGate, room: WaitingRoom, runner: ScheduleRunner, code: str) -> None:
+    """Hand the slot to a delivery waiting for it in the process; with none waiting and the
+    code's share full until now, let the schedule runner claim for the code again."""
+    if room.waiting(code):
+        room.slot_freed(code)
+    elif gate.in_flight(code) == gate.share - 1:
+        runner.wake()
 
 
 def instance_name() -> str:

@@ -152,6 +152,7 @@ _SPEC: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "HTTP_TOTAL_TIMEOUT": ("15s", _positive_duration),
     "MAX_RESPONSE_BYTES": ("65536", _positive_int),
     "MAX_IN_FLIGHT_PER_ENDPOINT": ("100", _positive_int),
+    "ENDPOINT_QUEUE_WAIT": ("1s", parse_duration),
     "BREAKER_FAILURE_RATIO": ("0.7", _ratio),
     "BREAKER_MIN_ATTEMPTS": ("10", _positive_int),
     "BREAKER_WINDOW": ("60s", _positive_duration),
@@ -185,6 +186,7 @@ class Settings:
     http_total_timeout: float
     max_response_bytes: int
     max_in_flight_per_endpoint: int
+    endpoint_queue_wait: float
     breaker_failure_ratio: float
     breaker_min_attempts: int
     breaker_window: float

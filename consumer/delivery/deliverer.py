@@ -30,7 +30,7 @@ from typing import Protocol
 
 import structlog
 
-from consumer.delivery.endpoints import CIRCUIT_OPEN, Admit, EndpointGate, Hold
+from consumer.delivery.endpoints import BUSY, CIRCUIT_OPEN, Admit, EndpointGate, Hold
 from consumer.delivery.retry_policy import (
     AttemptResult,
     Delivered,
@@ -40,6 +40,7 @@ from consumer.delivery.retry_policy import (
     jittered,
 )
 from consumer.delivery.schedule import DEAD, PENDING, NewDelivery
+from consumer.delivery.waiting_room import WaitingRoom
 from consumer.delivery.webhook import WebhookRequest, build_body, build_request, endpoint_host
 from consumer.events import ExamEvent
 from consumer.metrics import Metrics
@@ -215,12 +216,14 @@ class Deliverer:
         metrics: Metrics,
         waiting: WaitingTests,
         retry_schedule: tuple[float, ...],
+        room: WaitingRoom | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.sender = sender
         self.schedule = schedule
         self.gate = gate
+        self.room = room
         self.reporter = reporter
         self.metrics = metrics
         self.waiting = waiting
@@ -231,10 +234,21 @@ class Deliverer:
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
+    def excluded_codes(self) -> list[str]:
+        """Codes whose due deliveries the schedule runner should not claim right now."""
+        waiting = self.room.codes() if self.room is not None else []
+        return sorted(set(self.gate.excluded()) | set(waiting))
+
     async def deliver(self, delivery: Delivery, code: TrackingCode) -> None:
         """Attempt ``delivery`` if the gate allows, and settle or schedule what follows."""
         last_step = delivery.step >= len(self.retry_schedule)
-        admission = self.gate.admit(code, last_step=last_step)
+        if self.room is not None and delivery.row_id is None:
+            # Straight from its event: it may wait briefly here for a slot of its code.
+            admission = await self.room.admit(code, last_step=last_step)
+        elif self.room is not None and self.room.waiting(code.code):
+            admission = Hold(BUSY)  # deliveries wait here for this code: no overtaking them
+        else:
+            admission = self.gate.admit(code, last_step=last_step)
         if isinstance(admission, Hold):
             if admission.reason == CIRCUIT_OPEN:
                 self.metrics.breaker_skipped.labels(code.code).inc()

@@ -34,6 +34,8 @@ CIRCUIT_OPEN = "circuit_open"
 class Admit:
     code: str
     probe: bool = False
+    token: int = 0
+    started: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +65,13 @@ class EndpointGate:
         self._clock = clock
         self._on_transition = on_transition
         self._in_flight: dict[str, int] = {}
+        self._starts: dict[str, dict[int, float]] = {}  # code -> token -> start of attempt
+        self._latency: dict[str, float] = {}  # code -> moving average of attempt durations
+        self._tokens = 0
         self._breakers: dict[str, Breaker] = {}
         self.skipped = 0  # attempts not made because a breaker was open
-        # Called when a code whose share was full frees a slot (the schedule runner claims).
-        self.on_freed: Callable[[], None] = lambda: None
+        # Called with the code each time one of its attempts ends and frees a slot.
+        self.on_freed: Callable[[str], None] = lambda code: None
 
     def in_flight(self, code: str) -> int:
         return self._in_flight.get(code, 0)
@@ -92,25 +97,49 @@ class EndpointGate:
                 self.skipped += 1
                 return Hold(CIRCUIT_OPEN)
         self._in_flight[name] = self._in_flight.get(name, 0) + 1
-        return Admit(name, probe)
+        self._tokens += 1
+        self._starts.setdefault(name, {})[self._tokens] = now
+        return Admit(name, probe, self._tokens, now)
+
+    def latency_estimate(self, code: str) -> float:
+        """How long one attempt of ``code`` takes, as far as can be told now: the moving
+        average of finished attempts, or the age of the oldest one still running when that
+        is longer (a hanging endpoint finishes none)."""
+        now = self._clock()
+        starts = self._starts.get(code)
+        oldest = now - min(starts.values()) if starts else 0.0
+        return max(self._latency.get(code, 0.0), oldest)
+
+    def expected_wait(self, code: str, ahead: int) -> float:
+        """Roughly how long a delivery with ``ahead`` others before it waits for a slot."""
+        return (ahead + 1) * self.latency_estimate(code) / self.share
 
     def done(self, admitted: Admit, *, ok: bool | None) -> None:
         """The admitted attempt ended: ``ok`` False for a failure that counts against the
         endpoint (timeout, connection error, 408, 429, 5xx), None when it never reached
         the endpoint (cancelled)."""
-        left = self._in_flight.get(admitted.code, 0) - 1
+        code = admitted.code
+        left = self._in_flight.get(code, 0) - 1
         if left > 0:
-            self._in_flight[admitted.code] = left
+            self._in_flight[code] = left
         else:
-            self._in_flight.pop(admitted.code, None)
-        if left == self.share - 1:
-            self.on_freed()
-        breaker = self._breaker(admitted.code)
+            self._in_flight.pop(code, None)
+        now = self._clock()
+        starts = self._starts.get(code)
+        if starts is not None:
+            starts.pop(admitted.token, None)
+            if not starts:
+                del self._starts[code]
+        if ok is not None:
+            took = now - admitted.started
+            average = self._latency.get(code)
+            self._latency[code] = took if average is None else average + 0.2 * (took - average)
+        self.on_freed(code)
+        breaker = self._breaker(code)
         if ok is None:
             if admitted.probe:
                 breaker.abandon_probe()
             return
-        now = self._clock()
         self._report(admitted.code, breaker.take_transition(now))
         self._report(admitted.code, breaker.record(now, ok, probe=admitted.probe))
 

@@ -127,7 +127,7 @@ class ScheduleRunner:
             if wanted > 0:
                 try:
                     claimed = await self.schedule.claim(
-                        wanted, exclude=self.gate.excluded(), lease=self.lease
+                        wanted, exclude=self.deliverer.excluded_codes(), lease=self.lease
                     )
                 except StoreUnavailable:
                     await asyncio.sleep(delay)

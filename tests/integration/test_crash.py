@@ -57,10 +57,9 @@ async def committed_total(bootstrap: str, group: str) -> int:
 
 
 async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) -> None:
-    """Kill -9 with hundreds in flight and many waiting in the schedule (one endpoint, 200 ms
-    answers, so most events overflow its share), restart: every event ends with a final
-    outcome and its webhook was received at least once; duplicates are counted and
-    reported."""
+    """Kill -9 with hundreds in flight (one endpoint answering in 200 ms, so that most events
+    wait for its share of slots), restart: every event ends with a final outcome and its
+    webhook was received at least once; duplicates are counted and reported."""
     receiver = await Receiver(respond=slower_ok).start()
     total = 600
     events = [
