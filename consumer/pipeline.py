@@ -149,7 +149,12 @@ class Pipeline:
         except KafkaError as exc:
             if not exc.retriable:
                 raise
-            log.warning("poll_failed", error=type(exc).__name__, retry_in=POLL_RETRY_DELAY)
+            log.warning(
+                "poll_failed",
+                error=type(exc).__name__,
+                retry_in=POLL_RETRY_DELAY,
+                waiting_for="Kafka",
+            )
             await asyncio.sleep(POLL_RETRY_DELAY)
             return {}
         return batch
@@ -344,7 +349,7 @@ class Pipeline:
                 async with asyncio.timeout(COMMIT_TIMEOUT):
                     await self.consumer.commit(offsets)
             except (KafkaError, TimeoutError) as exc:
-                log.warning("commit_failed", why=why, error=type(exc).__name__)
+                log.warning("commit_failed", why=why, error=type(exc).__name__, waiting_for="Kafka")
                 return
             self.offsets.committed(offsets)
             self.metrics.commits.labels(why).inc()

@@ -156,6 +156,7 @@ def test_empty_retry_schedule_means_no_retries() -> None:
 def test_the_breaker_and_schedule_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.max_in_flight_per_endpoint == 100
+    assert settings.endpoint_queue_wait == 1.0
     assert (settings.breaker_failure_ratio, settings.breaker_min_attempts) == (0.7, 10)
     assert (settings.breaker_window, settings.breaker_cooldown) == (60.0, 30.0)
     assert (settings.schedule_poll_interval, settings.schedule_lease) == (1.0, 30.0)
