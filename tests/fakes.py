@@ -7,10 +7,9 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from consumer.delivery.retry_policy import AttemptResult
-from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, ScheduledDelivery
+from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress, ScheduledDelivery
 from consumer.delivery.webhook import WebhookRequest
 from consumer.outcomes import OutcomeRecord
 
@@ -40,25 +39,26 @@ class MemorySchedule:
         if any(r.new.event_id == delivery.event_id for r in self.rows.values()):
             return
         row_id = next(self._ids)
+        progress = delivery.progress
         self.rows[row_id] = Row(
             row_id,
             delivery,
             delivery.state,
-            delivery.attempts,
-            delivery.step,
+            progress.attempts,
+            progress.step,
             delivery.due_at,
-            delivery.reason,
+            progress.reason,
         )
 
-    async def reschedule(self, row_id: int, **changes: Any) -> None:
+    async def reschedule(self, row_id: int, progress: Progress, due_at: datetime) -> None:
         row = self.rows[row_id]
-        row.attempts, row.step = changes["attempts"], changes["step"]
-        row.due_at, row.reason = changes["due_at"], changes["reason"]
+        row.attempts, row.step, row.reason = progress.attempts, progress.step, progress.reason
+        row.due_at = due_at
         row.locked = False
 
-    async def kill(self, row_id: int, **changes: Any) -> bool:
+    async def kill(self, row_id: int, progress: Progress) -> bool:
         row = self.rows[row_id]
-        row.state, row.attempts, row.reason = DEAD, changes["attempts"], changes["reason"]
+        row.state, row.attempts, row.reason = DEAD, progress.attempts, progress.reason
         row.locked = False
         return self._others(row)
 

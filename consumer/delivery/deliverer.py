@@ -39,7 +39,7 @@ from consumer.delivery.retry_policy import (
     is_retriable,
     jittered,
 )
-from consumer.delivery.schedule import DEAD, PENDING, NewDelivery
+from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress
 from consumer.delivery.waiting_room import WaitingRoom
 from consumer.delivery.webhook import WebhookRequest, build_body, build_request, endpoint_host
 from consumer.events import ExamEvent
@@ -82,30 +82,9 @@ class Sender(Protocol):
 class Schedule(Protocol):
     async def add(self, delivery: NewDelivery) -> None: ...
 
-    async def reschedule(
-        self,
-        row_id: int,
-        *,
-        attempts: int,
-        step: int,
-        due_at: datetime,
-        reason: str,
-        http_status: int | None = None,
-        endpoint_host: str | None = None,
-        last_attempt_at: datetime | None = None,
-    ) -> None: ...
+    async def reschedule(self, row_id: int, progress: Progress, due_at: datetime) -> None: ...
 
-    async def kill(
-        self,
-        row_id: int,
-        *,
-        attempts: int,
-        step: int,
-        reason: str,
-        http_status: int | None = None,
-        endpoint_host: str | None = None,
-        last_attempt_at: datetime | None = None,
-    ) -> bool: ...
+    async def kill(self, row_id: int, progress: Progress) -> bool: ...
 
     async def remove(self, row_id: int) -> bool: ...
 
@@ -271,7 +250,9 @@ class Deliverer:
             due = now + timedelta(seconds=jittered(self.retry_schedule[step], self.rng))
             step += 1
         log.info("webhook_held", reason=reason, next_attempt_at=due.isoformat())
-        await self._to_schedule(delivery, code, step=step, due=due, reason=reason)
+        host = endpoint_host(code.endpoint_url)
+        progress = Progress(delivery.attempts, step, reason, endpoint_host=host)
+        await self._to_schedule(delivery, code, progress, due)
         await self._publish(
             delivery,
             Outcome.RETRY_SCHEDULED,
@@ -330,15 +311,8 @@ class Deliverer:
                 result=result,
                 endpoint_host=host,
             )
-            await self._kill(
-                delivery,
-                code,
-                attempts=attempt,
-                reason=verdict.reason,
-                result=result,
-                host=host,
-                now=now,
-            )
+            failed = Progress(attempt, delivery.step, verdict.reason, result.status, host, now)
+            await self._kill(delivery, code, failed)
             return
         self.metrics.attempts.labels("retry").inc()
         log.info(
@@ -349,16 +323,8 @@ class Deliverer:
             host=host,
             next_attempt_at=verdict.at.isoformat(),
         )
-        await self._to_schedule(
-            delivery,
-            code,
-            step=delivery.step + 1,
-            due=verdict.at,
-            reason=verdict.reason,
-            attempts=attempt,
-            result=result,
-            last_attempt_at=now,
-        )
+        progress = Progress(attempt, delivery.step + 1, verdict.reason, result.status, host, now)
+        await self._to_schedule(delivery, code, progress, verdict.at)
         await self._publish(
             delivery,
             Outcome.RETRY_SCHEDULED,
@@ -381,99 +347,26 @@ class Deliverer:
     # -- the schedule -------------------------------------------------------------------
 
     async def _to_schedule(
-        self,
-        delivery: Delivery,
-        code: TrackingCode,
-        *,
-        step: int,
-        due: datetime,
-        reason: str,
-        attempts: int | None = None,
-        result: AttemptResult | None = None,
-        last_attempt_at: datetime | None = None,
+        self, delivery: Delivery, code: TrackingCode, progress: Progress, due: datetime
     ) -> None:
-        attempts = delivery.attempts if attempts is None else attempts
-        status = result.status if result is not None else None
-        host = endpoint_host(code.endpoint_url)
         if delivery.row_id is not None:
-            await self.schedule.reschedule(
-                delivery.row_id,
-                attempts=attempts,
-                step=step,
-                due_at=due,
-                reason=reason,
-                http_status=status,
-                endpoint_host=host,
-                last_attempt_at=last_attempt_at,
-            )
+            await self.schedule.reschedule(delivery.row_id, progress, due)
             return
-        await self.schedule.add(
-            self._new_row(
-                delivery,
-                code,
-                state=PENDING,
-                attempts=attempts,
-                step=step,
-                due=due,
-                reason=reason,
-                status=status,
-                host=host,
-                last_attempt_at=last_attempt_at,
-            )
-        )
+        await self.schedule.add(self._new_row(delivery, code, PENDING, progress, due))
         self.waiting.add(delivery.source, delivery.event.test_id)
 
-    async def _kill(
-        self,
-        delivery: Delivery,
-        code: TrackingCode,
-        *,
-        attempts: int,
-        reason: str,
-        result: AttemptResult,
-        host: str,
-        now: datetime,
-    ) -> None:
+    async def _kill(self, delivery: Delivery, code: TrackingCode, progress: Progress) -> None:
         if delivery.row_id is not None:
             since = self.waiting.mark()
-            others = await self.schedule.kill(
-                delivery.row_id,
-                attempts=attempts,
-                step=delivery.step,
-                reason=reason,
-                http_status=result.status,
-                endpoint_host=host,
-                last_attempt_at=now,
-            )
+            others = await self.schedule.kill(delivery.row_id, progress)
             self._settled(delivery, others, since)
             return
-        row = self._new_row(
-            delivery,
-            code,
-            state=DEAD,
-            attempts=attempts,
-            step=delivery.step,
-            due=now,
-            reason=reason,
-            status=result.status,
-            host=host,
-            last_attempt_at=now,
-        )
-        await self.schedule.add(row)
+        due = progress.last_attempt_at or self.now()
+        await self.schedule.add(self._new_row(delivery, code, DEAD, progress, due))
 
+    @staticmethod
     def _new_row(
-        self,
-        delivery: Delivery,
-        code: TrackingCode,
-        *,
-        state: str,
-        attempts: int,
-        step: int,
-        due: datetime,
-        reason: str,
-        status: int | None,
-        host: str,
-        last_attempt_at: datetime | None = None,
+        delivery: Delivery, code: TrackingCode, state: str, progress: Progress, due: datetime
     ) -> NewDelivery:
         event, source = delivery.event, delivery.source
         return NewDelivery(
@@ -486,13 +379,8 @@ class Deliverer:
             source_partition=source.partition,
             source_offset=source.offset,
             state=state,
-            attempts=attempts,
-            step=step,
+            progress=progress,
             due_at=due,
-            reason=reason,
-            http_status=status,
-            endpoint_host=host,
-            last_attempt_at=last_attempt_at,
         )
 
     def _settled(self, delivery: Delivery, others_waiting: bool, since: int) -> None:

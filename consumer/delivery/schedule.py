@@ -45,6 +45,18 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a delivery stands: POSTs made, schedule steps used, the last failure or hold."""
+
+    attempts: int
+    step: int
+    reason: str
+    http_status: int | None = None
+    endpoint_host: str | None = None
+    last_attempt_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewDelivery:
     """A row to add. ``test_id`` is stored with NUL replaced (Postgres text cannot hold it);
     the event bytes are stored unchanged."""
@@ -58,13 +70,8 @@ class NewDelivery:
     source_partition: int
     source_offset: int
     state: str
-    attempts: int
-    step: int
+    progress: Progress
     due_at: datetime
-    reason: str | None
-    http_status: int | None = None
-    endpoint_host: str | None = None
-    last_attempt_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +149,7 @@ RETURNING {_CLAIMED}
 
 _RESCHEDULE: Final = """
 UPDATE scheduled_deliveries
-SET attempts = $2, step = $3, due_at = $4, reason = $5, http_status = $6,
+SET due_at = $2, attempts = $3, step = $4, reason = $5, http_status = $6,
     endpoint_host = COALESCE($7, endpoint_host), last_attempt_at = COALESCE($8, last_attempt_at),
     locked_by = NULL, locked_until = NULL
 WHERE id = $1
@@ -218,6 +225,17 @@ SELECT
 FROM scheduled_deliveries d
 LEFT JOIN tracking_codes t ON t.code = d.tracking_code
 """
+
+
+def _progress_args(progress: Progress) -> tuple[object, ...]:
+    return (
+        progress.attempts,
+        progress.step,
+        progress.reason,
+        progress.http_status,
+        progress.endpoint_host,
+        progress.last_attempt_at,
+    )
 
 
 def _storable(text: str) -> str:
@@ -344,13 +362,13 @@ class ScheduleStore:
             [r.source_partition for r in rows],
             [r.source_offset for r in rows],
             [r.state for r in rows],
-            [r.attempts for r in rows],
-            [r.step for r in rows],
+            [r.progress.attempts for r in rows],
+            [r.progress.step for r in rows],
             [r.due_at for r in rows],
-            [r.reason for r in rows],
-            [r.http_status for r in rows],
-            [r.endpoint_host for r in rows],
-            [r.last_attempt_at for r in rows],
+            [r.progress.reason for r in rows],
+            [r.progress.http_status for r in rows],
+            [r.progress.endpoint_host for r in rows],
+            [r.progress.last_attempt_at for r in rows],
         )
 
     # -- claiming and settling ----------------------------------------------------------
@@ -381,59 +399,18 @@ class ScheduleStore:
             for row in sorted(rows, key=lambda r: (r["due_at"], r["id"]))
         ]
 
-    async def reschedule(
-        self,
-        row_id: int,
-        *,
-        attempts: int,
-        step: int,
-        due_at: datetime,
-        reason: str,
-        http_status: int | None = None,
-        endpoint_host: str | None = None,
-        last_attempt_at: datetime | None = None,
-    ) -> None:
+    async def reschedule(self, row_id: int, progress: Progress, due_at: datetime) -> None:
         """Put a claimed row back, pending until ``due_at``; the lease ends."""
         await self._retrying(
             "reschedule",
-            lambda conn: conn.execute(
-                _RESCHEDULE,
-                row_id,
-                attempts,
-                step,
-                due_at,
-                reason,
-                http_status,
-                endpoint_host,
-                last_attempt_at,
-            ),
+            lambda conn: conn.execute(_RESCHEDULE, row_id, due_at, *_progress_args(progress)),
         )
 
-    async def kill(
-        self,
-        row_id: int,
-        *,
-        attempts: int,
-        step: int,
-        reason: str,
-        http_status: int | None = None,
-        endpoint_host: str | None = None,
-        last_attempt_at: datetime | None = None,
-    ) -> bool:
+    async def kill(self, row_id: int, progress: Progress) -> bool:
         """Mark a claimed row dead (kept for replay); True when its test has other
         pending rows."""
         value = await self._retrying(
-            "kill",
-            lambda conn: conn.fetchval(
-                _KILL,
-                row_id,
-                attempts,
-                step,
-                reason,
-                http_status,
-                endpoint_host,
-                last_attempt_at,
-            ),
+            "kill", lambda conn: conn.fetchval(_KILL, row_id, *_progress_args(progress))
         )
         return bool(value)
 

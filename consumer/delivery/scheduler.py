@@ -31,7 +31,7 @@ import structlog
 
 from consumer.delivery.deliverer import Deliverer, Delivery, Source, WaitingTests
 from consumer.delivery.endpoints import EndpointGate
-from consumer.delivery.schedule import ScheduledDelivery, ScheduleStore
+from consumer.delivery.schedule import Progress, ScheduledDelivery, ScheduleStore
 from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import parse_event
 from consumer.metrics import Metrics
@@ -184,9 +184,7 @@ class ScheduleRunner:
             log.error(  # noqa: TRY400 - the rule is the message; a traceback says nothing more
                 "scheduled_event_unreadable", field=exc.field, rule=exc.rule
             )
-            await self.schedule.kill(
-                row.id, attempts=row.attempts, step=row.step, reason="invalid_event"
-            )
+            await self.schedule.kill(row.id, Progress(row.attempts, row.step, "invalid_event"))
             return
         delivery = Delivery(
             event=event,

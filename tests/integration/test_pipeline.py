@@ -372,8 +372,9 @@ async def wait_for_log(logs: list[dict[str, Any]], event: str) -> None:
 async def test_events_wait_while_postgres_is_away_and_go_out_when_it_returns(
     stack: Stack, receiver: Receiver
 ) -> None:
-    """Lookups that cannot reach Postgres wait: nothing is skipped, failed or committed, and
-    every webhook goes out once Postgres answers again."""
+    """Events that cannot reach Postgres wait (first for the partition's waiting deliveries,
+    then for their tracking codes): nothing is skipped, failed or committed, the log says
+    what the service waits for, and every webhook goes out once Postgres answers again."""
     await add_tracking_code(stack.database_url, "AWAY", receiver.url)
     target = urlsplit(stack.database_url)
     proxy = PostgresProxy(target.hostname or "127.0.0.1", target.port or 5432)
@@ -388,8 +389,8 @@ async def test_events_wait_while_postgres_is_away_and_go_out_when_it_returns(
                 running_service(stack.settings(DATABASE_URL=through_proxy)),
                 TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
             ):
-                await wait_for_log(logs, "tracking_store_unavailable")
-                assert await outcomes.read_for(1.0) == []  # lookups keep failing meanwhile
+                await wait_for_log(logs, "schedule_unavailable")
+                assert await outcomes.read_for(1.0) == []  # the schedule keeps failing meanwhile
                 assert receiver.requests == []
                 await proxy.start()
                 await outcomes.until(final_for({e["event_id"] for e in events}))
@@ -397,7 +398,9 @@ async def test_events_wait_while_postgres_is_away_and_go_out_when_it_returns(
         await proxy.stop()
     assert {doc["outcome"] for doc in outcomes.values()} == {"delivered"}
     assert len(receiver.requests) == len(events)
-    assert any(e["event"] == "tracking_store_recovered" for e in logs)
+    [waiting] = [e for e in logs if e["event"] == "schedule_unavailable"]
+    assert waiting["waiting_for"] == "Postgres"
+    assert any(e["event"] == "schedule_recovered" for e in logs)
 
 
 @pytest.mark.parametrize("compression", ["gzip", "snappy", "lz4", "zstd"])

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, ScheduleStore
+from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress, ScheduleStore
 from tests.integration.harness import add_tracking_code
 
 pytestmark = pytest.mark.integration
@@ -27,10 +27,8 @@ def row(test_id: str, *, due_in: float = -1.0, code: str = "C", **changes: objec
         "source_partition": 0,
         "source_offset": 0,
         "state": PENDING,
-        "attempts": 1,
-        "step": 1,
+        "progress": Progress(1, 1, str(changes.pop("reason", "http_503"))),
         "due_at": datetime.now(UTC) + timedelta(seconds=due_in),
-        "reason": "http_503",
     }
     values.update(changes)
     return NewDelivery(**values)  # type: ignore[arg-type]
@@ -122,7 +120,7 @@ async def test_dead_rows_are_kept_and_do_not_hold_later_ones(
     await schedule.add(row("A"))
     await schedule.add(row("A"))
     [head] = await schedule.claim(10, lease=30)
-    assert await schedule.kill(head.id, attempts=3, step=2, reason="retries_exhausted") is True
+    assert await schedule.kill(head.id, Progress(3, 2, "retries_exhausted")) is True
     state, failed_at = await db.fetchrow(
         "SELECT state, failed_at FROM scheduled_deliveries WHERE id = $1", head.id
     )
