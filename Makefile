@@ -8,7 +8,7 @@ STAMP    := $(VENV)/.installed
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/itep_webhooks
 
-.PHONY: install system-deps up down status migrate test test-unit lint format demo bench clean
+.PHONY: install system-deps up down status migrate test test-unit lint format demo bench drills clean
 
 install: $(STAMP) system-deps
 
@@ -59,3 +59,7 @@ clean:
 
 bench: install up migrate
 	$(BIN)/python scripts/bench.py
+
+# Fault drills (minutes, not a test): `make drills DRILLS_ARGS=--quick`, or `--only crash`.
+drills: install up migrate
+	$(BIN)/python scripts/drills.py $(DRILLS_ARGS)
