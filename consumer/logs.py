@@ -1,10 +1,17 @@
-"""structlog set-up: JSON or console lines, context bound per message, secrets dropped."""
+"""structlog set-up: JSON or console lines, context bound per message, secrets dropped.
+
+The libraries' own stdlib logging (aiokafka, aiohttp, asyncpg) is rendered the same way, one
+JSON line each with its ``logger`` name, and throttled: a message that repeats (aiokafka
+logs every reconnect attempt while a broker is down) goes out at most once per
+``THROTTLE_SECONDS`` per logger and message, the next one counting how many were held back.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, Final
 
 import structlog
@@ -33,6 +40,38 @@ def drop_secrets(
     return event_dict
 
 
+THROTTLE_SECONDS: Final = 10.0
+
+
+class RepeatThrottle(logging.Filter):
+    """Let a (logger, message template) through once per ``interval`` seconds; the next one
+    let through carries ``suppressed``, the count held back meanwhile."""
+
+    def __init__(
+        self, interval: float = THROTTLE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.suppressed = held
+        if len(self._last) > 1000:  # templates, not values: a bound that is never reached
+            self._last.clear()
+        return True
+
+
 def configure_logging(log_format: str = "json", level: str = "info") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -54,4 +93,24 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.stdlib.ExtraAdder(allow=("suppressed",)),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                drop_secrets,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    handler.addFilter(RepeatThrottle())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
