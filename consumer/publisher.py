@@ -7,10 +7,13 @@ broker has acknowledged it, and only then may the event's offset be committed.
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
 from consumer.outcomes import OutcomeRecord
+
+MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
 
 
 class OutcomePublisher:
@@ -35,6 +38,9 @@ class OutcomePublisher:
             # outcomes) the outcome topic capped throughput (measured with make bench).
             max_batch_size=max_batch_size,
             client_id="itep-webhooks-outcomes",
+            # A dead-letter copy is as large as the event it copies: allow any record the
+            # dead-letter topic takes (the service creates it with this limit).
+            max_request_size=MAX_RECORD_BYTES,
         )
 
     async def start(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 import structlog
@@ -16,9 +16,15 @@ TOPIC_ALREADY_EXISTS: Final = 36
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int, replication_factor: int
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int,
+    replication_factor: int,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet (with ``configs[name]`` as their topic
+    configuration); return the names created."""
+    configs = configs or {}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="itep-webhooks")
     await admin.start()
     try:
@@ -27,7 +33,15 @@ async def ensure_topics(
         if not missing:
             return []
         response = await admin.create_topics(
-            [NewTopic(name, partitions, replication_factor) for name in missing]
+            [
+                NewTopic(
+                    name,
+                    partitions,
+                    replication_factor,
+                    topic_configs=dict(configs.get(name, {})),
+                )
+                for name in missing
+            ]
         )
         created = []
         for topic, code, *rest in response.topic_errors:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
+import uuid
 from collections import defaultdict
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,8 +16,10 @@ import orjson
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from structlog.testing import capture_logs
 
+from consumer.topics import ensure_topics
 from tests.factories import event_dict
 from tests.integration.harness import (
     Stack,
@@ -424,3 +428,38 @@ async def test_events_from_a_compressing_producer_are_delivered(
     ):
         await outcomes.until(final_for({event["event_id"]}))
     assert [doc["outcome"] for doc in outcomes.values()] == ["delivered"]
+
+
+async def test_an_invalid_event_of_several_megabytes_is_dead_lettered_whole(
+    stack: Stack,
+) -> None:
+    """The dead-letter topic the service creates takes any record up to 16 MiB, and its
+    producer sends one: a 3 MB invalid event is copied there unchanged."""
+    events_topic = f"test-big-events-{uuid.uuid4().hex}"
+    dlq_topic = f"test-big-dlq-{uuid.uuid4().hex}"
+    await ensure_topics(
+        stack.bootstrap, [events_topic], 1, 1, {events_topic: {"max.message.bytes": "4194304"}}
+    )
+    big = dataclasses.replace(stack, events_topic=events_topic, dlq_topic=dlq_topic)
+    value = b'{"padding": "' + b"x" * 3_000_000 + b'"'  # truncated JSON
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, max_request_size=4194304)
+    await producer.start()
+    try:
+        await producer.send_and_wait(events_topic, value=value, key=b"BIG")
+    finally:
+        await producer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    await admin.start()
+    try:
+        async with running_service(big.settings()):
+            # A reader subscribing first would have the broker auto-create the topic.
+            async with asyncio.timeout(20):
+                while dlq_topic not in await admin.list_topics():
+                    await asyncio.sleep(0.1)
+            async with TopicReader(stack.bootstrap, dlq_topic) as dlq:
+                await dlq.until(lambda records: len(records) >= 1)
+        assert dlq.records[0].value == value
+        assert b"JSON" in dict(dlq.records[0].headers)["error"]
+    finally:
+        await admin.delete_topics([events_topic, dlq_topic])
+        await admin.close()
