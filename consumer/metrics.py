@@ -25,6 +25,13 @@ class Metrics:
         self.attempts = Counter(
             "itep_webhook_attempts", "Webhook POST attempts, by result", ["result"], registry=r
         )
+        self.endpoint_attempts = Counter(
+            "itep_endpoint_attempts",
+            "Webhook POST attempts, by tracking code and result (delivered, retry, failed)",
+            ["tracking_code", "result"],
+            registry=r,
+        )
+        self._endpoint_attempts: dict[tuple[str, str], Counter] = {}
         self.latency = Histogram(
             "itep_webhook_latency_seconds",
             "Latency of webhook POSTs",
@@ -39,14 +46,31 @@ class Metrics:
         self.paused = Gauge(
             "itep_partitions_paused", "1 while fetching is paused for back-pressure", registry=r
         )
+        self.held = Gauge(
+            "itep_partitions_held",
+            "Partitions paused because MAX_UNCOMMITTED_PER_PARTITION records wait behind "
+            "an unfinished one",
+            registry=r,
+        )
         self.commits = Counter(
             "itep_offset_commits", "Offset commits, by trigger", ["why"], registry=r
         )
         self.lag = Gauge(
             "itep_consumer_lag",
-            "Records behind the partition's high watermark",
+            "Records between the group's committed offset and the high watermark, per "
+            "assigned partition, read from the broker",
             ["topic", "partition"],
             registry=r,
+        )
+        self.commit_age = Gauge(
+            "itep_consumer_commit_age_seconds",
+            "Seconds the committed offset has not moved while the partition has lag (0 when "
+            "caught up): growing means stalled",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "itep_ready", "1 while the consume loop runs (what /readyz answers), else 0", registry=r
         )
         self.scheduled = Gauge(
             "itep_scheduled_deliveries",
@@ -84,3 +108,12 @@ class Metrics:
             ["tracking_code"],
             registry=r,
         )
+
+    def endpoint_attempt(self, tracking_code: str, result: str) -> Counter:
+        """The attempt counter of one tracking code and result, its label child cached: it
+        is counted on every POST."""
+        key = (tracking_code, result)
+        child = self._endpoint_attempts.get(key)
+        if child is None:
+            child = self._endpoint_attempts[key] = self.endpoint_attempts.labels(*key)
+        return child

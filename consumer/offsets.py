@@ -2,6 +2,10 @@
 
 Records of a partition finish out of order; only the highest offset below which every
 record is finished may be committed (the "offset map" of Confluent's Parallel Consumer).
+Two counts come of it: records *in flight* (fetched, not finished) and records *uncommitted*
+(fetched from the first unfinished one on, finished or not). A slow record holds its
+partition's uncommitted count up while the records after it finish, so back-pressure bounds
+the first globally and the second per partition.
 """
 
 from __future__ import annotations
@@ -16,22 +20,23 @@ TP = TypeVar("TP", bound=Hashable)
 class PartitionOffsets:
     """Offsets of one partition that are fetched and not yet committable, in fetch order."""
 
-    __slots__ = ("_committed", "_pending", "_unfinished", "first")
+    __slots__ = ("_committed", "_pending", "_unfinished")
 
     def __init__(self) -> None:
-        self.first: int | None = None  # the first offset fetched: where consumption began
         self._pending: deque[int] = deque()
         self._unfinished: set[int] = set()
         self._committed: int | None = None
 
     def __len__(self) -> int:
+        """Records fetched and not yet committable: from the first unfinished one on."""
         return len(self._pending)
+
+    def unfinished(self) -> int:
+        return len(self._unfinished)
 
     def add(self, offset: int) -> None:
         if self._pending and offset <= self._pending[-1]:
             raise ValueError(f"offset {offset} fetched out of order after {self._pending[-1]}")
-        if self.first is None:
-            self.first = offset
         self._pending.append(offset)
         self._unfinished.add(offset)
 
@@ -79,8 +84,14 @@ class OffsetTracker(Generic[TP]):
             partition.finish(offset)
 
     def in_flight(self, partitions: Iterable[TP] | None = None) -> int:
+        """Records fetched and not yet finished."""
         chosen = self._partitions if partitions is None else partitions
-        return sum(len(self._partitions[tp]) for tp in chosen if tp in self._partitions)
+        return sum(self._partitions[tp].unfinished() for tp in chosen if tp in self._partitions)
+
+    def uncommitted(self, tp: TP) -> int:
+        """Records of ``tp`` fetched and not yet committable, finished or not."""
+        partition = self._partitions.get(tp)
+        return len(partition) if partition is not None else 0
 
     def to_commit(self, partitions: Iterable[TP] | None = None) -> dict[TP, int]:
         """The offsets that moved since the last ``committed()`` call."""
@@ -97,12 +108,3 @@ class OffsetTracker(Generic[TP]):
 
     def committed(self, offsets: dict[TP, int]) -> None:
         self._last_commit.update(offsets)
-
-    def consumed_from(self, tp: TP) -> int | None:
-        """Where the group stands on ``tp``: the offset last committed here, else the first
-        offset fetched since the partition was assigned (None before that)."""
-        committed = self._last_commit.get(tp)
-        if committed is not None:
-            return committed
-        partition = self._partitions.get(tp)
-        return partition.first if partition is not None else None

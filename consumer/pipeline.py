@@ -4,8 +4,11 @@ Work is spread over tasks, one per test id with events waiting ("runners"), so t
 webhooks go out in event order while different tests proceed at once. Each fetched record is
 tracked by partition and offset; an offset is committed only once every record below it is
 finished, that is its outcome (or dead-letter copy) acknowledged by the broker, or no
-outcome due. When too many records are in flight, the assigned partitions are paused while
-the poll loop keeps running.
+outcome due. When ``MAX_IN_FLIGHT`` records are unfinished, the assigned partitions are
+paused while the poll loop keeps running. A slow record (an attempt waiting out a hanging
+endpoint) does not count against that bound for the records finished after it: only its own
+partition is paused, and only once ``MAX_UNCOMMITTED_PER_PARTITION`` records wait behind it
+to be committed.
 
 A delivery that cannot be made at once (a failed attempt, a busy, paused or failing
 endpoint) is handed to the durable schedule, and its event counts finished: no runner waits
@@ -36,6 +39,7 @@ from consumer.delivery.deliverer import Source, WaitingTests
 from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import ExamEvent, parse_event
 from consumer.handler import EventHandler
+from consumer.lag import LagMonitor
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.settings import Settings
@@ -78,6 +82,7 @@ class Pipeline:
         *,
         schedule: WaitingLoader,
         waiting: WaitingTests,
+        lag: LagMonitor | None = None,
     ) -> None:
         self.settings = settings
         self.consumer = consumer
@@ -85,6 +90,7 @@ class Pipeline:
         self.metrics = metrics
         self.schedule = schedule
         self.waiting = waiting
+        self.lag = lag  # told of every assignment and revocation
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
         self.ready = False
         self.last_poll = time.monotonic()
@@ -94,6 +100,7 @@ class Pipeline:
         self._progress = asyncio.Event()
         self._held_back: dict[TopicPartition, list[Record]] = {}
         self._paused = False
+        self._window_full: set[TopicPartition] = set()  # paused: too many records uncommitted
         self._stopping = False
         self._commit_lock = asyncio.Lock()
 
@@ -120,7 +127,6 @@ class Pipeline:
                 self._apply_backpressure()
                 if loop.time() - last_commit >= self.settings.commit_interval:
                     await self.commit("timer")
-                    self._measure_lag()
                     last_commit = loop.time()
         finally:
             self.ready = False
@@ -273,9 +279,26 @@ class Pipeline:
             log.info("fetching_paused", in_flight=in_flight)
         elif self._paused and in_flight <= self.settings.max_in_flight * 0.8:
             self._paused = False
-            self.consumer.resume(*assigned)
+            self.consumer.resume(*[tp for tp in assigned if tp not in self._window_full])
             self.metrics.paused.set(0)
             log.info("fetching_resumed", in_flight=in_flight)
+        self._hold_partitions(assigned)
+
+    def _hold_partitions(self, assigned: list[TopicPartition]) -> None:
+        """Pause a partition whose uncommitted records reach the bound; resume it at 80%."""
+        limit = self.settings.max_uncommitted_per_partition
+        for tp in assigned:
+            uncommitted = self.offsets.uncommitted(tp)
+            if tp not in self._window_full and uncommitted >= limit:
+                self._window_full.add(tp)
+                self.consumer.pause(tp)
+                log.warning("partition_held", partition=tp.partition, uncommitted=uncommitted)
+            elif tp in self._window_full and uncommitted <= limit * 0.8:
+                self._window_full.discard(tp)
+                if not self._paused:
+                    self.consumer.resume(tp)
+                log.info("partition_released", partition=tp.partition, uncommitted=uncommitted)
+        self.metrics.held.set(len(self._window_full))
 
     # -- winding down -----------------------------------------------------------------
 
@@ -359,15 +382,6 @@ class Pipeline:
                 offsets={f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()},
             )
 
-    def _measure_lag(self) -> None:
-        """Records behind the high watermark, counted from the committed offset: a stalled
-        partition shows its lag growing even while nothing is committed."""
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            consumed = self.offsets.consumed_from(tp)
-            if highwater is not None and consumed is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(highwater - consumed)
-
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         if not revoked:
             return
@@ -377,9 +391,14 @@ class Pipeline:
         for tp in revoked:
             self.waiting.drop(tp.topic, tp.partition)
             self._held_back.pop(tp, None)
+            self._window_full.discard(tp)
+        if self.lag is not None:
+            self.lag.revoked(revoked)
         log.info("partitions_revoked", partitions=[str(tp) for tp in revoked], drained=drained)
 
     async def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        if self.lag is not None:
+            await self.lag.assigned(assigned)
         self.offsets.assign(assigned)
         if self._paused and assigned:
             self.consumer.pause(*assigned)

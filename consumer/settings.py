@@ -148,6 +148,7 @@ _SPEC: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "LOG_LEVEL": ("info", _log_level),
     "MAX_IN_FLIGHT": ("1000", _positive_int),
     "MAX_IN_FLIGHT_PER_HOST": ("100", _positive_int),
+    "MAX_UNCOMMITTED_PER_PARTITION": ("50000", _positive_int),
     "HTTP_CONNECT_TIMEOUT": ("5s", _positive_duration),
     "HTTP_TOTAL_TIMEOUT": ("15s", _positive_duration),
     "MAX_RESPONSE_BYTES": ("65536", _positive_int),
@@ -182,6 +183,7 @@ class Settings:
     log_level: str
     max_in_flight: int
     max_in_flight_per_host: int
+    max_uncommitted_per_partition: int
     http_connect_timeout: float
     http_total_timeout: float
     max_response_bytes: int

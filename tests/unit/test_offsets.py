@@ -162,16 +162,28 @@ def test_reassigned_partition_starts_afresh() -> None:
     assert tracker.to_commit() == {P0: 1}
 
 
-def test_in_flight_counts_records_not_yet_committable() -> None:
-    """``in_flight`` counts fetched records up to the last unfinished one, per partition."""
+def test_in_flight_counts_unfinished_records() -> None:
+    """``in_flight`` counts fetched records not finished, whatever finished around them."""
     tracker = tracker_with(P0, range(4))
     tracker.assign([P1])
     tracker.add(P1, 0)
     tracker.finish(P0, 0)
     tracker.finish(P0, 2)
-    assert tracker.in_flight() == 4
-    assert tracker.in_flight([P0]) == 3
+    assert tracker.in_flight() == 3
+    assert tracker.in_flight([P0]) == 2
     assert tracker.in_flight([("other", 0)]) == 0
+
+
+def test_uncommitted_counts_from_the_first_unfinished_record() -> None:
+    """One slow record keeps every record fetched after it uncommitted, finished or not."""
+    tracker = tracker_with(P0, range(5))
+    for offset in (0, 2, 3, 4):
+        tracker.finish(P0, offset)
+    assert tracker.in_flight() == 1
+    assert tracker.uncommitted(P0) == 4
+    tracker.finish(P0, 1)
+    assert tracker.uncommitted(P0) == 0
+    assert tracker.uncommitted(P1) == 0
 
 
 @given(

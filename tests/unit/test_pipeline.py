@@ -18,6 +18,7 @@ from consumer.delivery.endpoints import EndpointGate
 from consumer.delivery.retry_policy import AttemptResult
 from consumer.delivery.webhook import WebhookRequest
 from consumer.handler import EventHandler
+from consumer.lag import LagMonitor
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
 from consumer.pipeline import Pipeline
@@ -40,15 +41,16 @@ class Record:
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
 
     def assignment(self) -> set[TopicPartition]:
         return {TP}
 
-    def highwater(self, _tp: TopicPartition) -> int:
-        return 10
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
 
-    def pause(self, *_partitions: TopicPartition) -> None:
-        return None
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return max((c[tp] for c in self.commits if tp in c), default=None)
@@ -79,7 +81,10 @@ class Publisher(FakePublisher):
 
 
 def make_pipeline(
-    store: Store, retry_schedule: tuple[float, ...] = (), schedule: MemorySchedule | None = None
+    store: Store,
+    retry_schedule: tuple[float, ...] = (),
+    schedule: MemorySchedule | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[Pipeline, Sender, Publisher]:
     sender, publisher = Sender(), Publisher()
     metrics = Metrics()
@@ -98,7 +103,7 @@ def make_pipeline(
     )
     handler = EventHandler(store=store, deliverer=deliverer, reporter=reporter, metrics=metrics)
     pipeline = Pipeline(
-        Settings.from_env({}),
+        Settings.from_env(env or {}),
         FakeConsumer(),  # type: ignore[arg-type]
         handler,
         metrics,
@@ -249,15 +254,75 @@ async def wait_until_finished(pipeline: Pipeline, offset: int) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_lag_is_measured_from_where_consumption_stands_even_when_stalled() -> None:
-    """Nothing finished, nothing committed: the lag still counts from the first offset."""
-    pipeline, _, _ = make_pipeline(Store())
-    pipeline.offsets.add(TP, 3)
-    pipeline._measure_lag()
-    lag = pipeline.metrics.registry.get_sample_value(
-        "itep_consumer_lag", {"topic": TP.topic, "partition": "0"}
+def consumer_of(pipeline: Pipeline) -> FakeConsumer:
+    consumer = pipeline.consumer
+    assert isinstance(consumer, FakeConsumer)
+    return consumer
+
+
+def test_a_slow_record_pauses_only_its_partition_and_only_at_the_uncommitted_bound() -> None:
+    """Records finished behind an unfinished one are not in flight; their partition pauses
+    when MAX_UNCOMMITTED_PER_PARTITION wait to be committed, and resumes at 80% of it."""
+    pipeline, _, _ = make_pipeline(
+        Store(), env={"MAX_IN_FLIGHT": "3", "MAX_UNCOMMITTED_PER_PARTITION": "5"}
     )
-    assert lag == 7
+    for offset in range(4):
+        pipeline.offsets.add(TP, offset)
+    for offset in (1, 2, 3):
+        pipeline.offsets.finish(TP, offset)
+    pipeline._apply_backpressure()
+    assert consumer_of(pipeline).paused == set()
+    pipeline.offsets.add(TP, 4)
+    pipeline.offsets.finish(TP, 4)
+    pipeline._apply_backpressure()
+    assert consumer_of(pipeline).paused == {TP}
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_held") == 1
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 0
+    pipeline.offsets.finish(TP, 0)
+    pipeline._apply_backpressure()
+    assert consumer_of(pipeline).paused == set()
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_held") == 0
+
+
+def test_lifting_the_in_flight_pause_leaves_a_held_partition_paused() -> None:
+    """The global pause ends at 80% of MAX_IN_FLIGHT, but a partition whose uncommitted
+    records are still at the bound stays paused."""
+    pipeline, _, _ = make_pipeline(
+        Store(), env={"MAX_IN_FLIGHT": "3", "MAX_UNCOMMITTED_PER_PARTITION": "4"}
+    )
+    for offset in range(4):
+        pipeline.offsets.add(TP, offset)
+    pipeline._apply_backpressure()
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 1
+    for offset in (1, 2, 3):
+        pipeline.offsets.finish(TP, offset)
+    pipeline._apply_backpressure()
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 0
+    assert consumer_of(pipeline).paused == {TP}
+
+
+class LagSource:
+    """The broker's offsets for the lag monitor: nothing committed, ten records in TP."""
+
+    async def committed(self, _tp: TopicPartition) -> int | None:
+        return None
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 0)
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(tps, 10)
+
+
+async def test_lag_is_exported_from_the_assignment_and_removed_at_the_revocation() -> None:
+    """Before anything is fetched, the assigned partition shows its lag; revoked, none."""
+    pipeline, _, _ = make_pipeline(Store())
+    pipeline.lag = LagMonitor(LagSource(), pipeline.metrics)
+    labels = {"topic": TP.topic, "partition": "0"}
+    await pipeline.on_assigned([TP])
+    assert pipeline.metrics.registry.get_sample_value("itep_consumer_lag", labels) == 10
+    await pipeline.on_revoked([TP])
+    assert pipeline.metrics.registry.get_sample_value("itep_consumer_lag", labels) is None
 
 
 class RefusingPublisher:
