@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# php-cli is a real PHP receiver for the form-encoding tests ($$_POST['data']).
+# php-cli is a real PHP receiver for the form-encoding tests ($$_POST['data']); Debian's
+# prometheus package gives promtool (the alert rules' tests), its daemon is not wanted here.
 system-deps:
 	@command -v php >/dev/null 2>&1 || scripts/apt-install.sh php-cli
+	@command -v promtool >/dev/null 2>&1 || { scripts/apt-install.sh prometheus \
+		&& { systemctl disable --now prometheus >/dev/null 2>&1 || true; }; }
 
 up:
 	bash scripts/stack.sh up

@@ -1,7 +1,8 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on ``HTTP_PORT`` (aiohttp server only).
 
 ``/healthz`` answers whether the process should be restarted (the poll loop is stuck),
-``/readyz`` whether it consumes (started and not stopping).
+``/readyz`` whether it consumes (started and not stopping); ``itep_ready`` in ``/metrics`` is
+the same answer, 1 or 0, for alerting.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class HttpApi:
             await self._runner.cleanup()
 
     async def _metrics_handler(self, _request: web.Request) -> web.Response:
+        self._metrics.ready.set(1 if self._is_ready() else 0)
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

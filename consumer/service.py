@@ -27,9 +27,10 @@ from consumer.delivery.waiting_room import WaitingRoom
 from consumer.errors import ConfigError, StartupError
 from consumer.handler import EventHandler
 from consumer.http_api import HttpApi
+from consumer.lag import LagMonitor
 from consumer.metrics import Metrics
 from consumer.pipeline import Pipeline
-from consumer.publisher import OutcomePublisher
+from consumer.publisher import MAX_RECORD_BYTES, OutcomePublisher
 from consumer.reporter import OutcomeReporter
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
@@ -117,6 +118,7 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
         [settings.exam_events_topic, settings.outcomes_topic, settings.dead_letter_topic],
         settings.topic_partitions,
         settings.topic_replication_factor,
+        {settings.dead_letter_topic: {"max.message.bytes": str(MAX_RECORD_BYTES)}},
     )
     metrics = Metrics()
     store = TrackingCodeStore(settings.database_url, ttl=settings.tracking_code_ttl)
@@ -187,10 +189,15 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
     )
     gate.on_freed = lambda code: _slot_freed(gate, room, runner, code)
     handler = EventHandler(store=store, deliverer=deliverer, reporter=reporter, metrics=metrics)
-    pipeline = Pipeline(settings, consumer, handler, metrics, schedule=schedule, waiting=waiting)
+    lag = LagMonitor(consumer, metrics)
+    pipeline = Pipeline(
+        settings, consumer, handler, metrics, schedule=schedule, waiting=waiting, lag=lag
+    )
     consumer.subscribe([settings.exam_events_topic], listener=pipeline.rebalance_listener())
     await consumer.start()
     stack.push_async_callback(_bounded, "consumer", consumer.stop)
+    lag.start()
+    stack.push_async_callback(lag.stop)  # before the consumer stops: it reads through it
     if settings.http_port:
         api = HttpApi(
             settings.http_port,

@@ -280,6 +280,7 @@ class Deliverer:
         verdict = decide_retry(result, delivery.step + 1, now, self.retry_schedule, self.rng)
         if isinstance(verdict, Delivered):
             self.metrics.attempts.labels("delivered").inc()
+            self.metrics.endpoint_attempt(code.code, "delivered").inc()
             log.info("webhook_delivered", status=result.status, attempt=attempt, host=host)
             await self._publish(
                 delivery,
@@ -295,6 +296,7 @@ class Deliverer:
             return
         if isinstance(verdict, Fail):
             self.metrics.attempts.labels("failed").inc()
+            self.metrics.endpoint_attempt(code.code, "failed").inc()
             log.warning(
                 "webhook_failed",
                 reason=verdict.reason,
@@ -315,6 +317,7 @@ class Deliverer:
             await self._kill(delivery, code, failed)
             return
         self.metrics.attempts.labels("retry").inc()
+        self.metrics.endpoint_attempt(code.code, "retry").inc()
         log.info(
             "webhook_retry_scheduled",
             reason=verdict.reason,
