@@ -1,4 +1,4 @@
-"""``itep-webhooks``: run the consumer, apply migrations, keep the tracking codes."""
+"""``itep-webhooks``: run the consumer, apply migrations, keep the tracking codes, read outcomes."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import uvloop
 
 from consumer import __version__
 from consumer.admin import deliveries as deliveries_admin
+from consumer.admin import outcomes as outcomes_admin
 from consumer.admin import tracking_codes as tracking_admin
 from consumer.admin.migrate import apply_migrations
 from consumer.errors import ConfigError, ItepWebhooksError
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply pending sql/ migrations to DATABASE_URL")
     tracking_admin.register(commands)
     deliveries_admin.register(commands)
+    outcomes_admin.register(commands)
     return parser
 
 
@@ -51,6 +53,13 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _run_outcomes(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return _run_async(outcomes_admin.run(args, settings))
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C is how a tail ends: the consumer is closed, no traceback
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -66,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_async(_migrate(settings))
         if args.command == "deliveries":
             return _run_async(deliveries_admin.run(args, settings.database_url))
+        if args.command == "outcomes":
+            return _run_outcomes(args, settings)
         return _run_async(tracking_admin.run(args, settings.database_url))
     except ConfigError as exc:
         print(f"itep-webhooks: bad setting {exc}", file=sys.stderr)
