@@ -221,7 +221,11 @@ SELECT
     COALESCE(EXTRACT(EPOCH FROM now() - min(d.due_at) FILTER (
         WHERE d.state = 'pending' AND d.due_at <= now()
           AND (d.locked_until IS NULL OR d.locked_until < now())
-          AND NOT COALESCE(t.paused, false))), 0)::float8 AS oldest_overdue
+          AND NOT COALESCE(t.paused, false)
+          AND NOT EXISTS (
+              SELECT 1 FROM scheduled_deliveries e
+              WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id))), 0)::float8
+        AS oldest_overdue
 FROM scheduled_deliveries d
 LEFT JOIN tracking_codes t ON t.code = d.tracking_code
 """

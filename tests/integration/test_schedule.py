@@ -190,3 +190,15 @@ async def test_release_all_gives_back_this_instances_leases(schedule: ScheduleSt
     await schedule.claim(10, lease=300)
     await schedule.release_all()
     assert len(await schedule.claim(10, lease=30)) == 1
+
+
+async def test_a_row_waiting_behind_an_earlier_one_of_its_test_is_not_overdue(
+    schedule: ScheduleStore,
+) -> None:
+    """A later delivery of a test is due at once but cannot be claimed before the earlier
+    one: only the earlier one's wait counts as overdue."""
+    await schedule.add(row("A", due_in=60))
+    await schedule.add(row("A", due_in=-120))
+    stats = await schedule.stats()
+    assert stats.pending == 2
+    assert stats.oldest_overdue_seconds == 0
