@@ -632,6 +632,14 @@ class ServiceProc:
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the process so far (None once it has exited)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kb(self) -> int | None:
         try:
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
