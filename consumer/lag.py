@@ -51,29 +51,35 @@ class PartitionOffsets:
     highwater: int  # the offset the next record will get
 
 
+def position_of(offsets: PartitionOffsets) -> int:
+    """Where the group stands on the partition: its committed offset, or the earliest one
+    when it has none or retention has overtaken it."""
+    if offsets.committed is None:
+        return offsets.earliest
+    return max(offsets.committed, offsets.earliest)
+
+
 def lag_of(offsets: PartitionOffsets) -> int:
     """Records the group has still to consume on the partition."""
-    start = offsets.earliest
-    if offsets.committed is not None:
-        start = max(offsets.committed, offsets.earliest)
-    return max(0, offsets.highwater - start)
+    return max(0, offsets.highwater - position_of(offsets))
 
 
 class CommitAges(Generic[K]):
-    """When each partition's committed offset last moved, or the partition last had no lag.
+    """When each partition's position (``position_of``) last moved, or the partition last
+    had no lag. A first commit at the offset where the group started is no move.
 
     The age counts from the first reading of a partition at most: a partition that comes
     with lag at its assignment starts at 0.
     """
 
     def __init__(self) -> None:
-        self._since: dict[K, tuple[int | None, float]] = {}
+        self._since: dict[K, tuple[int, float]] = {}
 
-    def observe(self, key: K, committed: int | None, lag: int, now: float) -> float:
-        """The commit age of ``key`` at ``now``, given its committed offset and lag then."""
+    def observe(self, key: K, position: int, lag: int, now: float) -> float:
+        """The commit age of ``key`` at ``now``, given its position and lag then."""
         seen = self._since.get(key)
-        if seen is None or lag == 0 or seen[0] != committed:
-            self._since[key] = (committed, now)
+        if seen is None or lag == 0 or seen[0] != position:
+            self._since[key] = (position, now)
             return 0.0
         return now - seen[1]
 
@@ -166,7 +172,7 @@ class LagMonitor:
             labels = (tp.topic, str(tp.partition))
             self._metrics.lag.labels(*labels).set(lag)
             self._metrics.commit_age.labels(*labels).set(
-                self._ages.observe(tp, read.committed, lag, now)
+                self._ages.observe(tp, position_of(read), lag, now)
             )
 
     async def _read(

@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from structlog.testing import capture_logs
 
-from consumer.lag import CommitAges, LagMonitor, PartitionOffsets, lag_of
+from consumer.lag import CommitAges, LagMonitor, PartitionOffsets, lag_of, position_of
 from consumer.metrics import Metrics
 
 TP0 = TopicPartition("exam-events", 0)
@@ -35,48 +35,48 @@ def test_records_removed_by_retention_are_not_lag() -> None:
 
 def test_commit_age_grows_while_the_committed_offset_stands_still_with_lag() -> None:
     ages: CommitAges[str] = CommitAges()
-    assert ages.observe("p", committed=5, lag=3, now=100.0) == 0.0
-    assert ages.observe("p", committed=5, lag=3, now=105.0) == 5.0
-    assert ages.observe("p", committed=5, lag=9, now=160.0) == 60.0
+    assert ages.observe("p", position=5, lag=3, now=100.0) == 0.0
+    assert ages.observe("p", position=5, lag=3, now=105.0) == 5.0
+    assert ages.observe("p", position=5, lag=9, now=160.0) == 60.0
 
 
 def test_commit_age_falls_to_zero_when_the_committed_offset_moves() -> None:
     """Busy, not stuck: every commit starts the age again."""
     ages: CommitAges[str] = CommitAges()
-    ages.observe("p", committed=5, lag=3, now=100.0)
-    assert ages.observe("p", committed=8, lag=3, now=130.0) == 0.0
-    assert ages.observe("p", committed=8, lag=3, now=135.0) == 5.0
+    ages.observe("p", position=5, lag=3, now=100.0)
+    assert ages.observe("p", position=8, lag=3, now=130.0) == 0.0
+    assert ages.observe("p", position=8, lag=3, now=135.0) == 5.0
 
 
 def test_commit_age_is_zero_while_caught_up_and_counts_from_the_last_time_it_was() -> None:
     """An idle partition's offset stands still for hours without a stall; once records
     arrive, the age counts from when it was last seen caught up."""
     ages: CommitAges[str] = CommitAges()
-    assert ages.observe("p", committed=5, lag=0, now=0.0) == 0.0
-    assert ages.observe("p", committed=5, lag=0, now=3600.0) == 0.0
-    assert ages.observe("p", committed=5, lag=2, now=3605.0) == 5.0
+    assert ages.observe("p", position=5, lag=0, now=0.0) == 0.0
+    assert ages.observe("p", position=5, lag=0, now=3600.0) == 0.0
+    assert ages.observe("p", position=5, lag=2, now=3605.0) == 5.0
 
 
 def test_commit_age_grows_for_a_partition_never_committed() -> None:
     """A stuck first record: nothing was ever committed, the lag stays."""
     ages: CommitAges[str] = CommitAges()
-    ages.observe("p", committed=None, lag=1, now=10.0)
-    assert ages.observe("p", committed=None, lag=1, now=70.0) == 60.0
+    ages.observe("p", position=0, lag=1, now=10.0)
+    assert ages.observe("p", position=0, lag=1, now=70.0) == 60.0
 
 
 def test_a_forgotten_partition_starts_again_from_zero() -> None:
     ages: CommitAges[str] = CommitAges()
-    ages.observe("p", committed=5, lag=3, now=0.0)
+    ages.observe("p", position=5, lag=3, now=0.0)
     ages.forget("p")
-    assert ages.observe("p", committed=5, lag=3, now=600.0) == 0.0
+    assert ages.observe("p", position=5, lag=3, now=600.0) == 0.0
 
 
 def test_partitions_age_independently() -> None:
     ages: CommitAges[str] = CommitAges()
-    ages.observe("a", committed=1, lag=1, now=0.0)
-    ages.observe("b", committed=1, lag=1, now=0.0)
-    assert ages.observe("a", committed=2, lag=1, now=10.0) == 0.0
-    assert ages.observe("b", committed=1, lag=1, now=10.0) == 10.0
+    ages.observe("a", position=1, lag=1, now=0.0)
+    ages.observe("b", position=1, lag=1, now=0.0)
+    assert ages.observe("a", position=2, lag=1, now=10.0) == 0.0
+    assert ages.observe("b", position=1, lag=1, now=10.0) == 10.0
 
 
 class Broker:
@@ -232,3 +232,14 @@ async def test_a_crash_of_the_routine_is_logged_and_does_not_break_the_stop() ->
                 await asyncio.sleep(0.01)
         await monitor.stop()
     assert [e["event"] for e in logs] == ["lag_routine_crashed"]
+
+
+def test_a_first_commit_where_the_group_started_does_not_restart_the_age() -> None:
+    """Committing offset 0 of a partition that starts at 0 moves nothing: a stuck first
+    record's age keeps growing across that commit."""
+    ages: CommitAges[str] = CommitAges()
+    before = PartitionOffsets(committed=None, earliest=0, highwater=1)
+    after = PartitionOffsets(committed=0, earliest=0, highwater=1)
+    assert position_of(before) == position_of(after) == 0
+    ages.observe("p", position_of(before), lag_of(before), now=0.0)
+    assert ages.observe("p", position_of(after), lag_of(after), now=5.0) == 5.0
