@@ -38,6 +38,7 @@ from consumer.delivery.retry_policy import (
     decide_retry,
     is_retriable,
     jittered,
+    jittered_later,
 )
 from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress
 from consumer.delivery.waiting_room import WaitingRoom
@@ -229,6 +230,14 @@ class Deliverer:
         else:
             admission = self.gate.admit(code, last_step=last_step)
         if isinstance(admission, Hold):
+            if delivery.row_id is not None and (
+                admission.reason != CIRCUIT_OPEN or self.gate.probing(code.code)
+            ):
+                # Claimed while the code was free; it stays as it is, due, and is claimed
+                # again when a slot frees, the probe settles or the code is resumed (the
+                # runner leaves such codes alone meanwhile).
+                await self.schedule.release([delivery.row_id])
+                return
             if admission.reason == CIRCUIT_OPEN:
                 self.metrics.breaker_skipped.labels(code.code).inc()
             elif delivery.row_id is not None:
@@ -242,12 +251,18 @@ class Deliverer:
 
     async def hold(self, delivery: Delivery, code: TrackingCode, reason: str) -> None:
         """Put ``delivery`` on the schedule without an attempt. An open breaker uses up the
-        step (the delivery is due after the step's delay); other holds are due now."""
+        step: the delivery is due after the step's delay, or when the breaker lets a probe
+        through if that is later (never past the schedule's longest step), since claiming it
+        before then would only hold it again. Other holds are due now."""
         now = self.now()
         step = delivery.step
         due = now
         if reason == CIRCUIT_OPEN:
-            due = now + timedelta(seconds=jittered(self.retry_schedule[step], self.rng))
+            delay = jittered(self.retry_schedule[step], self.rng)
+            reopens = self.gate.open_for(code.code)
+            if reopens > delay:
+                delay = min(jittered_later(reopens, self.rng), max(self.retry_schedule))
+            due = now + timedelta(seconds=delay)
             step += 1
         log.info("webhook_held", reason=reason, next_attempt_at=due.isoformat())
         host = endpoint_host(code.endpoint_url)

@@ -80,6 +80,20 @@ class EndpointGate:
         breaker = self._breakers.get(code)
         return breaker.state(self._clock()) if breaker is not None else BreakerState.CLOSED
 
+    def open_for(self, code: str) -> float:
+        """Seconds until the open breaker of ``code`` lets a probe through; 0 when it is not
+        open."""
+        breaker = self._breakers.get(code)
+        if breaker is None:
+            return 0.0
+        at = breaker.reopens_at()
+        return max(0.0, at - self._clock()) if at is not None else 0.0
+
+    def probing(self, code: str) -> bool:
+        """True while the probe of ``code``'s half-open breaker is out."""
+        breaker = self._breakers.get(code)
+        return breaker is not None and breaker.probing
+
     def admit(self, code: TrackingCode, *, last_step: bool = False) -> Admission:
         if code.paused:
             return Hold(PAUSED)

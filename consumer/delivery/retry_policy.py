@@ -89,6 +89,11 @@ def jittered(delay: float, rng: random.Random | None = None) -> float:
     return delay * (1 + (rng or random).uniform(-JITTER, JITTER))
 
 
+def jittered_later(delay: float, rng: random.Random | None = None) -> float:
+    """``delay`` pushed later at random by up to 20%: never sooner than ``delay``."""
+    return delay * (1 + (rng or random).uniform(0, JITTER))
+
+
 def decide_retry(
     result: AttemptResult,
     attempt: int,

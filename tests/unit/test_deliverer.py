@@ -261,3 +261,59 @@ def test_a_partition_not_assigned_holds_nothing() -> None:
     waiting.add(Source("t", 3, 0), "A")
     assert not waiting.has(Source("t", 3, 0), "A")
     assert len(waiting) == 0
+
+
+async def open_breaker(deliverer: Deliverer) -> None:
+    for _ in range(2):  # two failures open a breaker of min_attempts=2
+        await deliverer.deliver(delivery(), CODE)
+
+
+async def test_a_circuit_open_hold_comes_due_when_a_probe_may_go_out() -> None:
+    """A step shorter than the breaker's cool-down would bring the delivery back only to be
+    held again: it is due when the breaker lets a probe through, and never past the
+    schedule's longest step."""
+    policy = BreakerPolicy(min_attempts=2, window=1e9, cooldown=30.0)
+    deliverer, memory, _, clock = make((5.0, 300.0), FakeSender(status=503), policy)
+    await open_breaker(deliverer)
+    await deliverer.deliver(delivery(test_id="LATE"), CODE)
+    [row] = [r for r in memory.pending() if r.new.test_id == "LATE"]
+    waited = row.due_at.timestamp() - clock.now
+    assert (row.reason, row.step) == ("circuit_open", 1)
+    assert 30.0 <= waited <= 36.0
+    short = BreakerPolicy(min_attempts=2, window=1e9, cooldown=1000.0)
+    deliverer, memory, _, clock = make((5.0, 300.0), FakeSender(status=503), short)
+    await open_breaker(deliverer)
+    await deliverer.deliver(delivery(test_id="LATE"), CODE)
+    [row] = [r for r in memory.pending() if r.new.test_id == "LATE"]
+    assert row.due_at.timestamp() - clock.now == 300.0
+
+
+async def test_a_delivery_claimed_while_the_probe_is_out_waits_unchanged() -> None:
+    """While the half-open breaker's probe is out, a claimed delivery of the code is given
+    back as it was: no outcome, no step used, no POST."""
+    policy = BreakerPolicy(min_attempts=2, window=1e9, cooldown=30.0)
+    sender = FakeSender(status=503)
+    deliverer, memory, publisher, clock = make((5.0, 300.0), sender, policy)
+    await open_breaker(deliverer)
+    await deliverer.deliver(delivery(test_id="LATE"), CODE)
+    clock.now += 40
+    probe = deliverer.gate.admit(CODE)  # another delivery's probe goes out
+    assert getattr(probe, "probe", False)
+    sent, published = len(sender.sent), len(publisher.outcomes)
+    due = memory.claim(datetime.fromtimestamp(clock.now, UTC))
+    [claimed] = [r for r in due if r.test_id == "LATE"]
+    await deliverer.deliver(
+        Delivery(
+            parse_event(claimed.event),
+            claimed.event,
+            claimed.trigger,
+            SOURCE,
+            row_id=claimed.id,
+            attempts=claimed.attempts,
+            step=claimed.step,
+        ),
+        CODE,
+    )
+    [row] = [r for r in memory.pending() if r.new.test_id == "LATE"]
+    assert (row.step, row.locked) == (1, False)
+    assert (len(sender.sent), len(publisher.outcomes)) == (sent, published)
