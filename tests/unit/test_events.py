@@ -273,6 +273,7 @@ BREACHES: Final[list[tuple[str, object, Mapping[str, object]]]] = [
     ("occurred_at", "2026-13-01T00:00:00Z", {}),
     ("occurred_at", "2026-02-30T00:00:00Z", {}),
     ("occurred_at", "2026-11-25T16:02:11+24:00", {}),
+    ("occurred_at", "2026-11-25T16:02:11+05:60", {}),
     ("occurred_at", "2026-11-25T16:02:11Z\n", {}),
     ("occurred_at", "٢٠٢٦-11-25T16:02:11Z", {}),
     ("occurred_at", "0001-01-01T00:00:00+01:00", {}),
