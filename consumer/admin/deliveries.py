@@ -65,18 +65,24 @@ def parse_time(text: str) -> datetime | timedelta:
     )
 
 
+def resolve_time(text: str, now: datetime) -> datetime:
+    """A TIME (``parse_time``) as a moment, durations counted back from ``now``; ValueError
+    naming what is wrong."""
+    value = parse_time(text)
+    try:
+        return now - value if isinstance(value, timedelta) else value
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long ago") from None
+
+
 def _moment(args: argparse.Namespace, dest: str, now: datetime) -> datetime | None:
     text = getattr(args, dest)
     if text is None:
         return None
-    flag = "--" + dest.replace("_", "-")
     try:
-        value = parse_time(text)
-        return now - value if isinstance(value, timedelta) else value
+        return resolve_time(text, now)
     except ValueError as exc:
-        raise InvalidSelection(flag, str(exc)) from None
-    except OverflowError:
-        raise InvalidSelection(flag, f"{text!r} is too long ago") from None
+        raise InvalidSelection("--" + dest.replace("_", "-"), str(exc)) from None
 
 
 def _add_selectors(parser: argparse.ArgumentParser) -> None:

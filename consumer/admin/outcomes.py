@@ -32,7 +32,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumer.admin.deliveries import format_time, parse_time
+from consumer.admin.deliveries import format_time, resolve_time
 from consumer.admin.outcome_summary import (
     GROUPINGS,
     OutcomeFilter,
@@ -179,14 +179,10 @@ def _moment(args: argparse.Namespace, dest: str, now: datetime) -> datetime | No
     text = getattr(args, dest)
     if text is None:
         return None
-    flag = "--" + dest.replace("_", "-")
     try:
-        value = parse_time(text)
-        return now - value if isinstance(value, timedelta) else value
+        return resolve_time(text, now)
     except ValueError as exc:
-        raise InvalidOption(flag, str(exc)) from None
-    except OverflowError:
-        raise InvalidOption(flag, f"{text!r} is too long ago") from None
+        raise InvalidOption("--" + dest.replace("_", "-"), str(exc)) from None
 
 
 def _selection(args: argparse.Namespace) -> OutcomeFilter:
