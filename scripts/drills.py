@@ -70,6 +70,7 @@ from consumer.settings import parse_schedule
 
 REPORT = ROOT / "RELIABILITY.md"
 CLOCK_SLACK = 0.050  # seconds: the receiver and the service read the same wall clock
+KILL_SLACK = 1.0  # seconds: how late the receiver may stamp a request sent before a SIGKILL
 HOLD_REASONS = frozenset(
     {"endpoint_busy", "circuit_open", "earlier_delivery_pending", "tracking_code_paused"}
 )
@@ -841,12 +842,22 @@ async def drill_crash(ctx: Ctx, r: Result) -> None:
     for a in arrivals:
         if a.answer == 200:
             ok_times.setdefault(a.webhook_id, []).append(a.at)
-    # Two copies answered 200 with no SIGKILL between them: a duplicate without a crash.
+    # Two copies answered 200 with no SIGKILL between them: a duplicate without a crash. The
+    # receiver stamps a request when its handler runs, which on a loaded machine can be a
+    # little after the sender was killed: a copy stamped up to KILL_SLACK after a kill may
+    # come from the killed process.
     no_crash_between = [
         e
         for e, times in ok_times.items()
         for first, second in itertools.pairwise(sorted(times))
-        if not any(first <= k <= second for k in kill_walls)
+        if not any(first - KILL_SLACK <= k <= second for k in kill_walls)
+    ]
+    # A 200 whose outcome was never published: the process died between the two (a kill
+    # within KILL_SLACK of the 200), and the event was attempted again, ending otherwise.
+    ok_without_outcome_unexplained = [
+        e
+        for e in ok_without_outcome
+        if not any(t - KILL_SLACK <= k <= t + KILL_SLACK for t in ok_times[e] for k in kill_walls)
     ]
     r.fig("events", f"{count:,} Complete events, 2 per test id, one tracking code")
     r.fig("endpoint", "answers 503 to 30% of requests at random (seeded), 200 otherwise")
@@ -909,9 +920,12 @@ async def drill_crash(ctx: Ctx, r: Result) -> None:
         f"pending {state['pending']}, overdue {state['overdue']}",
     )
     r.check(
-        "every webhook answered 200 has a delivered outcome, and the reverse",
-        not ok_without_outcome and not outcome_without_ok,
-        f"{len(ok_without_outcome)} answered without outcome, {len(outcome_without_ok)} delivered without a 200",
+        "every webhook answered 200 has a delivered outcome (unless a SIGKILL came between "
+        "the two), and the reverse",
+        not ok_without_outcome_unexplained and not outcome_without_ok,
+        f"{len(ok_without_outcome)} answered without a delivered outcome "
+        f"({len(ok_without_outcome) - len(ok_without_outcome_unexplained)} of them at a SIGKILL),"
+        f" {len(outcome_without_ok)} delivered without a 200",
     )
     r.check(
         "duplicates only across a crash: no webhook answered 200 twice without a SIGKILL between",
@@ -1609,9 +1623,13 @@ DRILLS: list[Drill] = [
         "restarted at once. Then the drill waits for every final outcome and an empty "
         "schedule. Passes when no trigger event lacks a final outcome, none ends on "
         "`retry_scheduled`, no pending row is left (none overdue by more than lease + poll + "
-        "10 s), every webhook answered 200 has a delivered outcome and the reverse, and every "
-        "failed event is `retries_exhausted` with a dead row. Duplicate webhooks (answered 200 "
-        "more than once) and duplicate final outcomes are counted and reported, not failed.",
+        "10 s), every webhook answered 200 has a delivered outcome (unless a SIGKILL fell "
+        "within 1 s of the 200: the outcome died with the process, and the event's redo may "
+        "end otherwise) and every delivered outcome a 200, no webhook is answered 200 twice "
+        "without a SIGKILL between the copies (the receiver may stamp a request up to 1 s after "
+        "its sender was killed), and every failed event is `retries_exhausted` with a dead row. "
+        "Duplicate webhooks (answered 200 more than once) and duplicate final outcomes are "
+        "counted and reported, not failed.",
         "5,000 events, 3 kills",
         1200,
         drill_crash,
