@@ -40,7 +40,14 @@ WHERE code = ANY($1::text[])
 
 # What "Postgres cannot answer right now" looks like: a refused or dropped connection, a
 # timeout, a server error (shutting down, too many connections, the table not migrated yet).
-_UNAVAILABLE: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError covers asyncpg's ProtocolError, seen when a server goes away mid-reply.
+_UNAVAILABLE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 log = structlog.get_logger()
 

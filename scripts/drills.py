@@ -82,6 +82,7 @@ WAITING_LINES = (
     "publish_failed",
     "poll_failed",
     "commit_failed",
+    "lag_unknown",
 )
 
 
@@ -1059,7 +1060,7 @@ async def restart_run(
     relevant = (
         ("schedule_unavailable", "tracking_store_unavailable")
         if target == "postgres"
-        else ("publish_failed", "poll_failed", "commit_failed")
+        else ("publish_failed", "poll_failed", "commit_failed", "lag_unknown")
     )
     label = "Postgres restart" if target == "postgres" else "Kafka broker restart"
     r.fig(

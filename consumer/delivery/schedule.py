@@ -35,7 +35,14 @@ PENDING: Final = "pending"
 DEAD: Final = "dead"
 
 # What "Postgres cannot answer right now" looks like (the tracking store's list).
-_UNAVAILABLE: Final = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError covers asyncpg's ProtocolError, seen when a server goes away mid-reply.
+_UNAVAILABLE: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 # What no retry can fix: a value or a row the database refuses (a bug, not an outage).
 _REFUSED: Final = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -284,6 +291,19 @@ class ScheduleStore:
             self._dsn, min_size=0, max_size=self._pool_size, timeout=self._query_timeout
         )
         self._routine = asyncio.create_task(self._insert_routine(), name="schedule_insert")
+        self._routine.add_done_callback(self._routine_ended)
+
+    def _routine_ended(self, task: asyncio.Task[None]) -> None:
+        """Whatever stopped the insert routine, no add is left waiting for it."""
+        reason = "the schedule is closed"
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("schedule_insert_stopped", error=type(exc).__name__, exc_info=exc)
+            reason = f"schedule inserts stopped ({type(exc).__name__})"
+        adds, self._adds = self._adds, []
+        for _, future in adds:
+            if not future.done():
+                future.set_exception(StoreUnavailable(reason))
+                future.exception()
 
     async def close(self) -> None:
         if self._routine is not None:
@@ -504,6 +524,13 @@ class ScheduleStore:
                 raise
             except _UNAVAILABLE as exc:
                 self._note_unavailable(what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            except Exception:
+                # Whatever else the driver raises mid-outage, the delivery must not be dropped:
+                # logged with its traceback (a bug shows), then tried again.
+                log.exception("schedule_query_failed", operation=what)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)
                 continue

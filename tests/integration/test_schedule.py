@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress, ScheduleStore
 from tests.integration.harness import add_tracking_code
@@ -202,3 +203,27 @@ async def test_a_row_waiting_behind_an_earlier_one_of_its_test_is_not_overdue(
     stats = await schedule.stats()
     assert stats.pending == 2
     assert stats.oldest_overdue_seconds == 0
+
+
+async def test_an_unexpected_driver_error_is_logged_and_the_add_tried_again(
+    schedule: ScheduleStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg may raise outside its usual classes while a server restarts (a protocol
+    error): the add waits and succeeds, and the insert routine keeps running."""
+    real = schedule._insert
+    calls = 0
+
+    async def flaky(conn: object, rows: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("protocol state lost")
+        await real(conn, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(schedule, "_insert", flaky)
+    with capture_logs() as logs:
+        await asyncio.wait_for(schedule.add(row("A")), 10)
+    assert calls == 2
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["schedule_query_failed"]
+    await asyncio.wait_for(schedule.add(row("B")), 10)
+    assert len(await schedule.claim(10, lease=30)) == 2
