@@ -16,6 +16,7 @@ from consumer.outcomes import (
     event_outcome,
     format_timestamp,
 )
+from tests.factories import CONTRACT_OUTCOME
 from tests.strategies import contract_example
 
 CONTRACT_KEYS = [
@@ -62,24 +63,7 @@ def record(**changes: Any) -> OutcomeRecord:
 
 def test_contract_example_serialises_exactly() -> None:
     """The contract's example record comes out with its keys in order and its values."""
-    assert orjson.loads(record().to_json()) == {
-        "schema_version": 1,
-        "event_id": "0b7f7c1e-5a0b-4c55-9f7a-1d2c3b4a5e6f",
-        "test_id": "50613490BP",
-        "oid": "crm-000042",
-        "tracking_code": "ACME-UNI",
-        "trigger": "completed",
-        "exam_status": "Complete",
-        "outcome": "delivered",
-        "reason": None,
-        "attempt": 1,
-        "http_status": 200,
-        "latency_ms": 12.4,
-        "endpoint_host": "hooks.example.edu",
-        "event_occurred_at": "2026-11-25T16:02:11Z",
-        "recorded_at": "2026-11-25T16:02:11.087Z",
-        "next_attempt_at": None,
-    }
+    assert orjson.loads(record().to_json()) == CONTRACT_OUTCOME
 
 
 def test_to_json_has_exactly_the_contract_keys_schema_version_first() -> None:

@@ -26,6 +26,7 @@ from consumer.outcomes import Outcome, OutcomeRecord
 from consumer.payload import build_data, encode_data
 from consumer.reporter import OutcomeReporter
 from consumer.triggers import Trigger
+from tests.factories import CONTRACT_OUTCOME
 from tests.fakes import FakePublisher
 from tests.schema_strategies import (
     PATHS,
@@ -49,26 +50,6 @@ EVENT: Final = validator("exam-event.schema.json")
 OUTCOME: Final = validator("outcome.schema.json")
 DEAD_LETTER: Final = validator("dead-letter-headers.schema.json")
 DATA: Final = validator("webhook-data.schema.json")
-
-# The outcome example of CONTRACT section 5, as written there.
-CONTRACT_OUTCOME: Final[dict[str, Any]] = {
-    "schema_version": 1,
-    "event_id": "0b7f7c1e-...",
-    "test_id": "50613490BP",
-    "oid": "crm-000042",
-    "tracking_code": "ACME-UNI",
-    "trigger": "completed",
-    "exam_status": "Complete",
-    "outcome": "delivered",
-    "reason": None,
-    "attempt": 1,
-    "http_status": 200,
-    "latency_ms": 12.4,
-    "endpoint_host": "hooks.example.edu",
-    "event_occurred_at": "2026-11-25T16:02:11Z",
-    "recorded_at": "2026-11-25T16:02:11.087Z",
-    "next_attempt_at": None,
-}
 
 # The event and the webhook data of the README's "by example" sections.
 README_EVENT: Final[dict[str, Any]] = {
