@@ -53,9 +53,16 @@ _BAD_DATABASE_URL = (
 
 
 async def run_service(
-    settings: Settings, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    handle_signals: bool = True,
+    http_socket: socket.socket | None = None,
 ) -> None:
     """Run the consumer until ``stop`` is set (SIGTERM and SIGINT set it).
+
+    ``http_socket``, a listening socket, is served instead of ``HTTP_PORT`` (a worker of
+    ``run --processes N`` serves the one its supervisor bound).
 
     A start-up that cannot work (Kafka unreachable, the database missing or refusing the
     credentials, the HTTP port taken) raises ``StartupError`` with one readable line.
@@ -68,7 +75,7 @@ async def run_service(
     log.info("service_starting", **settings.safe_summary())
     async with AsyncExitStack() as stack:
         try:
-            pipeline, runner = await _start(settings, stack)
+            pipeline, runner = await _start(settings, stack, http_socket)
         except KafkaError as exc:
             raise StartupError(f"cannot start: Kafka: {exc}") from None
         except OSError as exc:
@@ -110,7 +117,9 @@ def _on_signal(stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, ScheduleRunner]:
+async def _start(
+    settings: Settings, stack: AsyncExitStack, http_socket: socket.socket | None = None
+) -> tuple[Pipeline, ScheduleRunner]:
     """Create the topics, open every connection, and return the pipeline ready to run."""
     await check_database(settings.database_url)
     await ensure_topics(
@@ -149,7 +158,9 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
         # that long (and a margin) before it hands the partitions to someone else.
         rebalance_timeout_ms=int((settings.drain_timeout + REBALANCE_MARGIN) * 1000),
     )
-    schedule = ScheduleStore(settings.database_url, owner=instance_name())
+    schedule = ScheduleStore(
+        settings.database_url, owner=instance_name(), topic=settings.exam_events_topic
+    )
     await schedule.start()
     stack.push_async_callback(_bounded, "schedule", schedule.close)
     waiting = WaitingTests()
@@ -198,12 +209,13 @@ async def _start(settings: Settings, stack: AsyncExitStack) -> tuple[Pipeline, S
     stack.push_async_callback(_bounded, "consumer", consumer.stop)
     lag.start()
     stack.push_async_callback(lag.stop)  # before the consumer stops: it reads through it
-    if settings.http_port:
+    if settings.http_port or http_socket is not None:
         api = HttpApi(
             settings.http_port,
             metrics,
             is_ready=lambda: pipeline.ready,
             is_alive=lambda: time.monotonic() - pipeline.last_poll < STALL_AFTER,
+            sock=http_socket,
         )
         await api.start()
         stack.push_async_callback(_bounded, "http_api", api.close)

@@ -138,6 +138,7 @@ WITH due AS (
       AND d.due_at <= now()
       AND (d.locked_until IS NULL OR d.locked_until < now())
       AND d.tracking_code <> ALL($2::text[])
+      AND ($5::text IS NULL OR d.source_topic = $5)
       AND NOT EXISTS (
           SELECT 1 FROM tracking_codes t WHERE t.code = d.tracking_code AND t.paused)
       AND NOT EXISTS (
@@ -235,6 +236,7 @@ SELECT
         AS oldest_overdue
 FROM scheduled_deliveries d
 LEFT JOIN tracking_codes t ON t.code = d.tracking_code
+WHERE $1::text IS NULL OR d.source_topic = $1
 """
 
 
@@ -256,7 +258,10 @@ def _storable(text: str) -> str:
 class ScheduleStore:
     """The schedule over an asyncpg pool; ``start()`` before use, ``close()`` after.
 
-    ``owner`` names this instance in the leases it takes.
+    ``owner`` names this instance in the leases it takes. With ``topic``, it claims and
+    counts only the deliveries consumed from that topic: two deployments that share one
+    database (each with its own topics) never attempt each other's deliveries, which would
+    publish their outcomes to the wrong topic.
     """
 
     def __init__(
@@ -264,6 +269,7 @@ class ScheduleStore:
         dsn: str,
         *,
         owner: str,
+        topic: str | None = None,
         pool_size: int = 4,
         query_timeout: float = 10.0,
         retry_initial: float = 0.2,
@@ -271,6 +277,7 @@ class ScheduleStore:
     ) -> None:
         self._dsn = dsn
         self.owner = owner
+        self.topic = topic
         self._pool_size = pool_size
         self._query_timeout = query_timeout
         self._retry_initial = retry_initial
@@ -404,7 +411,9 @@ class ScheduleStore:
         ``lease`` seconds; codes in ``exclude`` are passed over. One try: the caller
         polls again."""
         excluded = list(exclude)
-        rows = await self._once(lambda conn: conn.fetch(_CLAIM, limit, excluded, self.owner, lease))
+        rows = await self._once(
+            lambda conn: conn.fetch(_CLAIM, limit, excluded, self.owner, lease, self.topic)
+        )
         return [
             ScheduledDelivery(
                 id=row["id"],
@@ -493,7 +502,7 @@ class ScheduleStore:
 
     async def stats(self) -> ScheduleStats:
         """Counts by state and the age of the oldest overdue claimable row; one try."""
-        row = await self._once(lambda conn: conn.fetchrow(_STATS))
+        row = await self._once(lambda conn: conn.fetchrow(_STATS, self.topic))
         assert row is not None  # an aggregate always yields a row
         return ScheduleStats(row["pending"], row["dead"], float(row["oldest_overdue"]))
 

@@ -227,3 +227,20 @@ async def test_an_unexpected_driver_error_is_logged_and_the_add_tried_again(
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["schedule_query_failed"]
     await asyncio.wait_for(schedule.add(row("B")), 10)
     assert len(await schedule.claim(10, lease=30)) == 2
+
+
+async def test_an_instance_claims_and_counts_only_its_own_topics_deliveries(
+    database_url: str,
+) -> None:
+    """Two deployments sharing one database each attempt only what they consumed."""
+    mine = ScheduleStore(database_url, owner="mine", topic="exam-events")
+    await mine.start()
+    try:
+        await mine.add(row("A", source_topic="exam-events"))
+        await mine.add(row("B", source_topic="other-deployment-events"))
+        claimed = await mine.claim(10, lease=30)
+        stats = await mine.stats()
+    finally:
+        await mine.close()
+    assert [c.test_id for c in claimed] == ["A"]
+    assert stats.pending == 1
