@@ -17,6 +17,8 @@ from consumer.admin import tracking_codes as tracking_admin
 from consumer.admin.migrate import apply_migrations
 from consumer.errors import ConfigError, ItepWebhooksError
 from consumer.logs import configure_logging
+from consumer.processes.supervisor import Supervisor
+from consumer.processes.worker import WorkerPlace, run_worker
 from consumer.service import run_service
 from consumer.settings import Settings
 
@@ -28,7 +30,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"itep-webhooks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run the consumer service (settings from the environment)")
+    run = commands.add_parser(
+        "run", help="run the consumer service (settings from the environment)"
+    )
+    run.add_argument(
+        "--processes",
+        type=_process_count,
+        metavar="N",
+        help="run N consumer processes in one group, one per core (default: PROCESSES, 1)",
+    )
+    # How the supervisor of --processes starts each worker; not for people.
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--http-fd", type=int, help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply pending sql/ migrations to DATABASE_URL")
     tracking_admin.register(commands)
     deliveries_admin.register(commands)
@@ -36,11 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    """One service; or, with more than one process, a supervisor and its workers."""
+    if args.worker is not None:
+        await run_worker(settings, WorkerPlace(args.worker, args.parent_pid, args.http_fd))
+        return 0
+    processes = args.processes or settings.processes
+    if processes > 1:
+        return await Supervisor(settings, processes).run()
     await run_service(settings)
     return 0
 
@@ -70,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         if args.command == "run":
-            return _run_async(_serve(settings))
+            return _run_async(_serve(args, settings))
         if args.command == "migrate":
             return _run_async(_migrate(settings))
         if args.command == "deliveries":

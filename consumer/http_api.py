@@ -2,11 +2,13 @@
 
 ``/healthz`` answers whether the process should be restarted (the poll loop is stuck),
 ``/readyz`` whether it consumes (started and not stopping); ``itep_ready`` in ``/metrics`` is
-the same answer, 1 or 0, for alerting.
+the same answer, 1 or 0, for alerting. It serves ``HTTP_PORT``, or, in a worker of
+``run --processes N``, the loopback socket its supervisor handed down.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from aiohttp import web
@@ -23,8 +25,10 @@ class HttpApi:
         *,
         is_ready: Callable[[], bool],
         is_alive: Callable[[], bool],
+        sock: socket.socket | None = None,
     ) -> None:
         self._port = port
+        self._sock = sock
         self._metrics = metrics
         self._is_ready = is_ready
         self._is_alive = is_alive
@@ -37,7 +41,12 @@ class HttpApi:
         app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "0.0.0.0", self._port).start()  # noqa: S104 - scraped by Prometheus
+        site: web.BaseSite
+        if self._sock is not None:  # a worker's loopback socket, bound by its supervisor
+            site = web.SockSite(self._runner, self._sock)
+        else:
+            site = web.TCPSite(self._runner, "0.0.0.0", self._port)  # noqa: S104 - scraped by Prometheus
+        await site.start()
 
     async def close(self) -> None:
         if self._runner is not None:

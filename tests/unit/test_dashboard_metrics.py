@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from consumer.metrics import Metrics
+from consumer.processes.front import GroupMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "itep-webhooks.json"
@@ -26,10 +27,12 @@ KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right"
 
 
 def exported_series() -> set[str]:
-    """Every series name the service's registry can expose, children or not."""
+    """Every series name the service's registry can expose, children or not, and those the
+    supervisor of ``run --processes N`` adds."""
     return {
         family.name + suffix
-        for family in Metrics().registry.collect()
+        for registry in (Metrics().registry, GroupMetrics().registry)
+        for family in registry.collect()
         for suffix in SUFFIXES[family.type]
     }
 
