@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
-from typing import Any, Final, TypeGuard, TypeVar
+from typing import Any, Final, TypeGuard, TypeVar, cast
 
 import orjson
 
@@ -106,14 +106,13 @@ def parse_event(value: bytes | None, key: bytes | None = None) -> ExamEvent:
         raise InvalidEvent("value", f"is not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise InvalidEvent("value", f"must be a JSON object, got {_json_type(doc)}")
-    known = _readable(doc)
     try:
         event = _parse_doc(doc)
     except InvalidEvent as exc:
-        exc.known.update(known)
+        exc.known.update(_readable(doc))
         raise
     if key is not None and key != event.test_id.encode():
-        raise InvalidEvent("key", "must equal test_id (UTF-8)", known)
+        raise InvalidEvent("key", "must equal test_id (UTF-8)", _readable(doc))
     return event
 
 
@@ -264,18 +263,21 @@ def _finished_on(value: object) -> date | None:
     return day
 
 
-def _number(value: object, path: str, low: float, high: float | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidEvent(path, f"must be a number, got {value!r}")
-    if value < low or (high is not None and value > high):
+def _number(value: object, path: str, low: float, high: float | None, field: str = "") -> float:
+    """``value`` checked; ``path + field`` names it in the error (joined only then)."""
+    kind = type(value)  # exact types, the fast check: a bool is not a number here
+    number = cast(float, value)
+    if not (kind is int or (kind is float and math.isfinite(number))):
+        raise InvalidEvent(path + field, f"must be a number, got {value!r}")
+    if number < low or (high is not None and number > high):
         bounds = f"{low} to {high}" if high is not None else f">= {low}"
-        raise InvalidEvent(path, f"must be {bounds}, got {value!r}")
-    return value
+        raise InvalidEvent(path + field, f"must be {bounds}, got {value!r}")
+    return number
 
 
-def _cefr(value: object, path: str) -> str:
+def _cefr(value: object, path: str, field: str = "") -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidEvent(path, f"must be a non-empty string, got {value!r}")
+        raise InvalidEvent(path + field, f"must be a non-empty string, got {value!r}")
     return value
 
 
@@ -308,10 +310,10 @@ def _results(raw: Mapping[str, Any]) -> Results:
                     f"{path}.question_count", f"must be an integer >= 0, got {question_count!r}"
                 )
         sections[name] = SectionResult(
-            level=_number(section.get("level"), f"{path}.level", 0.0, 6.0),
-            score=_number(section.get("score"), f"{path}.score", 0.0, None),
-            percent=_number(section.get("percent"), f"{path}.percent", 0.0, 100.0),
-            cefr=_cefr(section.get("cefr"), f"{path}.cefr"),
+            level=_number(section.get("level"), path, 0.0, 6.0, ".level"),
+            score=_number(section.get("score"), path, 0.0, None, ".score"),
+            percent=_number(section.get("percent"), path, 0.0, 100.0, ".percent"),
+            cefr=_cefr(section.get("cefr"), path, ".cefr"),
             question_count=question_count,
         )
     return Results(score_report_url=url, overall_level=level, overall_cefr=cefr, sections=sections)

@@ -58,15 +58,15 @@ class EventHandler:
     async def handle(self, event: ExamEvent, source: Source, raw: bytes) -> None:
         trigger = candidate_trigger(event)
         if trigger is None:
-            self.metrics.events.labels("not_a_trigger").inc()
+            self.metrics.event("not_a_trigger").inc()
             return
         code = await self.store.get(event.tracking_code) if event.tracking_code else None
         decision = decide(event, code)
         if isinstance(decision, Ignore):
-            self.metrics.events.labels(decision.why).inc()
+            self.metrics.event(decision.why).inc()
             log.debug("event_ignored", why=decision.why)
         elif isinstance(decision, Skip):
-            self.metrics.events.labels("skipped").inc()
+            self.metrics.event("skipped").inc()
             log.info("webhook_skipped", reason=decision.reason, trigger=decision.trigger.value)
             await self.reporter.publish(
                 event_outcome(
@@ -78,7 +78,7 @@ class EventHandler:
                 )
             )
         else:
-            self.metrics.events.labels("trigger").inc()
+            self.metrics.event("trigger").inc()
             delivery = Delivery(event, raw, decision.trigger.value, source)
             if self.deliverer.waiting.has(source, event.test_id):
                 # An earlier delivery of this test waits in the schedule: this one goes
@@ -92,7 +92,7 @@ class EventHandler:
         event ``failed`` (reason ``internal_error``), so that one bad event cannot stall its
         partition."""
         log.error("event_handling_crashed", exc_info=exc)
-        self.metrics.events.labels("crashed").inc()
+        self.metrics.event("crashed").inc()
         trigger = candidate_trigger(event)
         if trigger is not None:
             await self.reporter.publish(
@@ -106,7 +106,7 @@ class EventHandler:
     ) -> None:
         """Dead-letter an invalid event (bytes unchanged) and report it ``rejected``."""
         log.warning("event_rejected", field=exc.field, rule=exc.rule, source=source, **exc.known)
-        self.metrics.events.labels("invalid").inc()
+        self.metrics.event("invalid").inc()
         error = str(exc)
         if len(error) > MAX_ERROR_HEADER:
             error = error[: MAX_ERROR_HEADER - 3] + "..."

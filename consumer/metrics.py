@@ -32,6 +32,9 @@ class Metrics:
             registry=r,
         )
         self._endpoint_attempts: dict[tuple[str, str], Counter] = {}
+        self._events: dict[str, Counter] = {}
+        self._attempts: dict[str, Counter] = {}
+        self._outcomes: dict[tuple[str, str], Counter] = {}
         self.latency = Histogram(
             "itep_webhook_latency_seconds",
             "Latency of webhook POSTs",
@@ -108,6 +111,28 @@ class Metrics:
             ["tracking_code"],
             registry=r,
         )
+
+    def event(self, decision: str) -> Counter:
+        """``events`` for one decision, its label child cached (counted on every event)."""
+        child = self._events.get(decision)
+        if child is None:
+            child = self._events[decision] = self.events.labels(decision)
+        return child
+
+    def attempt(self, result: str) -> Counter:
+        """``attempts`` for one result, its label child cached (counted on every POST)."""
+        child = self._attempts.get(result)
+        if child is None:
+            child = self._attempts[result] = self.attempts.labels(result)
+        return child
+
+    def outcome(self, outcome: str, reason: str) -> Counter:
+        """``outcomes`` for one outcome and reason, its label child cached."""
+        key = (outcome, reason)
+        child = self._outcomes.get(key)
+        if child is None:
+            child = self._outcomes[key] = self.outcomes.labels(*key)
+        return child
 
     def endpoint_attempt(self, tracking_code: str, result: str) -> Counter:
         """The attempt counter of one tracking code and result, its label child cached: it

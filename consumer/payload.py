@@ -98,3 +98,41 @@ def encode_form(data_json: str, extra_fields: Mapping[str, str]) -> bytes:
     """
     fields = [("data", data_json), *((k, v) for k, v in extra_fields.items() if k != "data")]
     return "&".join(f"{form_quote(k)}={form_quote(v)}" for k, v in fields).encode("ascii")
+
+
+# The form encoding of ``"<key>":`` for each key of the data dict (a few dozen names).
+_QUOTED_KEYS: dict[str, str] = {}
+
+
+def _quoted_key(key: str) -> str:
+    quoted = _QUOTED_KEYS.get(key)
+    if quoted is None:
+        quoted = _QUOTED_KEYS[key] = form_quote(orjson.dumps(key).decode() + ":")
+    return quoted
+
+
+def quoted_data(data: Mapping[str, Scalar]) -> str:
+    """``form_quote(orjson.dumps(data).decode())``, built field by field.
+
+    Percent-encoding works byte by byte, so the encoding of the JSON object is that of its
+    pieces joined: each key's ``"key":`` is encoded once and kept, and only the values are
+    encoded per event. A third of the bytes of a typical payload need escaping, nearly all
+    of them in the keys and the punctuation.
+    """
+    return (
+        "%7B"
+        + "%2C".join(
+            _quoted_key(key) + form_quote(orjson.dumps(value).decode())
+            for key, value in data.items()
+        )
+        + "%7D"
+    )
+
+
+def form_body(data: Mapping[str, Scalar], extra_fields: Mapping[str, str]) -> bytes:
+    """``encode_form(orjson.dumps(data).decode(), extra_fields)``, the faster way."""
+    body = "data=" + quoted_data(data)
+    for key, value in extra_fields.items():
+        if key != "data":
+            body += f"&{form_quote(key)}={form_quote(value)}"
+    return body.encode("ascii")

@@ -191,7 +191,7 @@ class Pipeline:
         if self.waiting.take_handed(tp.topic, tp.partition, record.offset):
             # Consumed again after a crash or a hand-over: the schedule has its delivery.
             log.debug("event_already_scheduled", partition=tp.partition, offset=record.offset)
-            self.metrics.events.labels("already_scheduled").inc()
+            self.metrics.event("already_scheduled").inc()
             self._finish(tp, record.offset)
             return
         try:
@@ -220,20 +220,19 @@ class Pipeline:
     async def _run_key(self, test_id: str) -> None:
         """Handle one test's events in offset order, one at a time."""
         queue = self._queues[test_id]
+        # A task runs in its own copy of the context: what is bound here stays in this
+        # runner's log lines and needs no unbinding.
+        bind = structlog.contextvars.bind_contextvars
+        bind(test_id=test_id)
         try:
             while queue and not self._stopping:
                 tp, offset, event, raw = queue[0]
-                with structlog.contextvars.bound_contextvars(
-                    event_id=event.event_id,
-                    test_id=test_id,
-                    partition=tp.partition,
-                    offset=offset,
-                ):
-                    try:
-                        source = Source(tp.topic, tp.partition, offset)
-                        await self.handler.handle(event, source, raw)
-                    except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition: it is logged with its traceback and reported failed
-                        await self._report_crash(event, exc)
+                bind(event_id=event.event_id, partition=tp.partition, offset=offset)
+                try:
+                    source = Source(tp.topic, tp.partition, offset)
+                    await self.handler.handle(event, source, raw)
+                except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition: it is logged with its traceback and reported failed
+                    await self._report_crash(event, exc)
                 queue.popleft()
                 self._finish(tp, offset)
         finally:

@@ -43,7 +43,7 @@ class OutcomeReporter:
 
     async def publish(self, record: OutcomeRecord) -> None:
         await _until_acknowledged(lambda: self.publisher.publish(record))
-        self.metrics.outcomes.labels(record.outcome.value, record.reason or "").inc()
+        self.metrics.outcome(record.outcome.value, record.reason or "").inc()
 
     async def dead_letter(
         self, key: bytes | None, value: bytes | None, error: str, source: str

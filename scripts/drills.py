@@ -1433,7 +1433,8 @@ async def drill_instances(ctx: Ctx, r: Result) -> None:
         await ctx.receiver.reset()
         reader = OutcomeReader(stack.bootstrap, stack.outcomes_topic)
         await reader.start()
-        env = stack.env(RETRY_SCHEDULE=schedule)
+        # debug: each instance logs every webhook it delivers, counted per instance below.
+        env = stack.env(RETRY_SCHEDULE=schedule, LOG_LEVEL="debug")
         services = list(
             await asyncio.gather(
                 *(

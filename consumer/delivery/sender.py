@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -43,6 +41,16 @@ log = structlog.get_logger()
 def origin(url: URL) -> str:
     """``scheme://host:port``: what one server is, for the per-origin limit."""
     return f"{url.scheme}://{url.host}:{url.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: URL
+    origin: str
+    blocked: bool  # an address literal ALLOW_PRIVATE_ENDPOINTS=false refuses
+
+
+_TARGETS_MAX = 10_000
 
 
 @dataclass(slots=True)
@@ -82,6 +90,7 @@ class WebhookSender:
         self._resolver: GuardedResolver | None = None
         self._connections: asyncio.Semaphore | None = None
         self._hosts: dict[str, _HostSlots] = {}
+        self._targets: dict[str, _Target] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookSender:
@@ -108,7 +117,6 @@ class WebhookSender:
             connector=connector,
             trust_env=False,
             auto_decompress=False,
-            skip_auto_headers=(hdrs.ACCEPT_ENCODING,),
         )
         # The connector closes only resolvers it made itself.
         self._resolver = resolver
@@ -143,54 +151,89 @@ class WebhookSender:
         slots = self._hosts.get(origin(URL(url)))
         return slots.users - slots.in_flight if slots is not None else 0
 
+    def _target(self, raw: str) -> _Target | None:
+        """``raw`` parsed, its origin and whether it names a refused address literal; kept
+        per URL (there is one per tracking code). None for a URL that does not parse."""
+        target = self._targets.get(raw)
+        if target is None:
+            try:
+                url = URL(raw)
+            except ValueError:
+                return None
+            literal = literal_address(url.raw_host or "")
+            blocked = (
+                not self._allow_private and literal is not None and is_blocked_address(literal)
+            )
+            target = _Target(url, origin(url), blocked)
+            if len(self._targets) >= _TARGETS_MAX:
+                self._targets.clear()
+            self._targets[raw] = target
+        return target
+
     async def send(self, request: WebhookRequest) -> AttemptResult:
         """POST ``request`` once. HTTP-level problems come back as ``AttemptResult.error``."""
         if self._session is None or self._connections is None:
             raise RuntimeError("WebhookSender.send() called before start()")
         session, connections = self._session, self._connections
-        try:
-            url = URL(request.url)
-        except ValueError:
+        target = self._target(request.url)
+        if target is None:
             return AttemptResult(status=None, latency_ms=0.0, error="invalid_url")
-        if not self._allow_private:
-            literal = literal_address(url.raw_host or "")
-            if literal is not None and is_blocked_address(literal):
-                log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
-                return AttemptResult(status=None, latency_ms=0.0, error="endpoint_blocked")
-        async with self._host_slot(origin(url)), connections:
-            # Waiting for a slot may take a while: the timestamp is that of the POST itself.
-            request = request.stamped(int(time.time()))
-            # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
-            started = time.perf_counter()
-            status: int | None = None
-            retry_after: str | None = None
-            error: str | None = None
-            try:
-                status, retry_after = await self._post(session, url, request)
-            except EndpointBlocked:
-                log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
-                error = "endpoint_blocked"
-            except TimeoutError:
-                error = "timeout"
-            except aiohttp.InvalidURL:
-                error = "invalid_url"
-            except ValueError as exc:
-                # aiohttp refuses to send a header with control characters: the request as
-                # built can never be sent, so the attempt fails for good.
-                log.warning(
-                    "webhook_request_invalid",
-                    endpoint_host=request.endpoint_host,
-                    error_type=type(exc).__name__,
-                )
-                error = "invalid_request"
-            except aiohttp.ClientError as exc:
-                log.info(
-                    "webhook_connection_failed",
-                    endpoint_host=request.endpoint_host,
-                    error_type=type(exc).__name__,
-                )
-                error = "connection_error"
-            latency_ms = (time.perf_counter() - started) * 1000.0
+        if target.blocked:
+            log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
+            return AttemptResult(status=None, latency_ms=0.0, error="endpoint_blocked")
+        slots = self._hosts.get(target.origin)
+        if slots is None:
+            slots = self._hosts[target.origin] = _HostSlots(asyncio.Semaphore(self._max_per_host))
+        slots.users += 1
+        try:
+            async with slots.semaphore, connections:
+                slots.in_flight += 1
+                try:
+                    return await self._timed(session, target.url, request)
+                finally:
+                    slots.in_flight -= 1
+        finally:
+            slots.users -= 1
+            if slots.users == 0:
+                del self._hosts[target.origin]
+
+    async def _timed(
+        self, session: aiohttp.ClientSession, url: URL, request: WebhookRequest
+    ) -> AttemptResult:
+        """One POST, holding its slots, timed from the moment it goes out."""
+        # Waiting for a slot may take a while: the timestamp is that of the POST itself.
+        request = request.stamped(int(time.time()))
+        # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
+        started = time.perf_counter()
+        status: int | None = None
+        retry_after: str | None = None
+        error: str | None = None
+        try:
+            status, retry_after = await self._post(session, url, request)
+        except EndpointBlocked:
+            log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
+            error = "endpoint_blocked"
+        except TimeoutError:
+            error = "timeout"
+        except aiohttp.InvalidURL:
+            error = "invalid_url"
+        except ValueError as exc:
+            # aiohttp refuses to send a header with control characters: the request as
+            # built can never be sent, so the attempt fails for good.
+            log.warning(
+                "webhook_request_invalid",
+                endpoint_host=request.endpoint_host,
+                error_type=type(exc).__name__,
+            )
+            error = "invalid_request"
+        except aiohttp.ClientError as exc:
+            log.info(
+                "webhook_connection_failed",
+                endpoint_host=request.endpoint_host,
+                error_type=type(exc).__name__,
+            )
+            error = "connection_error"
+        latency_ms = (time.perf_counter() - started) * 1000.0
         return AttemptResult(
             status=status, latency_ms=latency_ms, error=error, retry_after=retry_after
         )
@@ -201,7 +244,7 @@ class WebhookSender:
         async with session.post(
             url,
             data=request.body,
-            headers=dict(request.headers),
+            headers=request.headers,
             allow_redirects=False,
             timeout=self._timeout,
         ) as response:
@@ -238,21 +281,3 @@ class WebhookSender:
                 error_type=type(exc).__name__,
             )
         response.close()
-
-    @asynccontextmanager
-    async def _host_slot(self, host: str) -> AsyncIterator[None]:
-        slots = self._hosts.get(host)
-        if slots is None:
-            slots = self._hosts[host] = _HostSlots(asyncio.Semaphore(self._max_per_host))
-        slots.users += 1
-        try:
-            async with slots.semaphore:
-                slots.in_flight += 1
-                try:
-                    yield
-                finally:
-                    slots.in_flight -= 1
-        finally:
-            slots.users -= 1
-            if slots.users == 0:
-                del self._hosts[host]

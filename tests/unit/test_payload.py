@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consumer.events import SECTION_NAMES, ExamEvent, parse_event
-from consumer.payload import build_data, encode_data, encode_form
+from consumer.payload import build_data, encode_data, encode_form, form_body
 from consumer.payload import exam_date as date_of_test
 from tests.strategies import (
     COMPLETE_NAMES,
@@ -277,6 +277,16 @@ def test_any_event_round_trips_through_the_form(doc: dict[str, Any], extra: dict
     assert {key: values for key, values in form.items() if key != "data"} == {
         key: [value] for key, value in extra.items()
     }
+
+
+@given(doc=event_dicts(), extra=extra_fields)
+def test_the_body_built_field_by_field_is_byte_identical_to_encoding_the_json(
+    doc: dict[str, Any], extra: dict[str, str]
+) -> None:
+    """``form_body`` (keys encoded once, values per event) equals ``encode_form`` over the
+    whole ``data`` JSON."""
+    event = parse(doc)
+    assert form_body(build_data(event), extra) == encode_form(encode_data(event), extra)
 
 
 @given(event_dicts())
