@@ -5,10 +5,12 @@ PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/itep_webhooks
 
-.PHONY: install system-deps up down status migrate test test-unit lint format demo bench drills clean
+.PHONY: install system-deps up down status cluster-up cluster-down cluster-status migrate test \
+	test-unit lint format demo bench drills clean
 
 install: $(STAMP) system-deps
 
@@ -34,6 +36,18 @@ down:
 status:
 	bash scripts/stack.sh status
 
+# A local 3-broker KRaft cluster (127.0.0.1:19092,19093,19094; replication factor 3,
+# min.insync.replicas 2) beside the one-node stack, for cluster tests and drills. Postgres
+# still comes from `make up`. One broker at a time: scripts/cluster.sh stop|kill|start N.
+cluster-up:
+	bash scripts/cluster.sh up
+
+cluster-down:
+	bash scripts/cluster.sh down
+
+cluster-status:
+	bash scripts/cluster.sh status
+
 migrate: install up
 	$(BIN)/itep-webhooks migrate
 
@@ -56,12 +70,20 @@ demo: install up migrate
 	$(BIN)/python scripts/demo.py
 
 clean:
+	-bash scripts/cluster.sh down
 	-bash scripts/stack.sh down
 	rm -rf .local $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-bench: install up migrate
-	$(BIN)/python scripts/bench.py
+# The benchmark (minutes; figures into BENCHMARKS.md): `make bench`, or `make bench QUICK=1`
+# for a small run of every scenario (its own section), or `BENCH_ARGS='--only fast'`.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP) up migrate
+	BENCH_COMMAND='make bench$(if $(QUICK), QUICK=1)' \
+		$(BIN)/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 # Fault drills (minutes, not a test): `make drills DRILLS_ARGS=--quick`, or `--only crash`.
 drills: install up migrate

@@ -1,0 +1,101 @@
+"""The limit: a bare aiohttp loop POSTing pre-built webhooks, no Kafka, no Postgres.
+
+Run as ``python -m bench.ceiling`` (the limit scenario starts it as its own process) with
+the receivers' URLs, one per tracking code. It builds the requests first, exactly as the
+service would (``consumer.delivery.webhook.build_body`` / ``build_request``: form body,
+Standard Webhooks headers and signature), for the first ``--distinct`` events of the
+benchmark's mix, then POSTs ``--count`` of them (cycling) from ``--concurrency`` workers
+on uvloop, with at most ``--per-host`` connections to one origin, as the service's
+``MAX_IN_FLIGHT_PER_HOST`` allows. It prints one JSON line: requests, seconds, and the CPU
+(user + system, from ``getrusage``) this process used while POSTing, building excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from itertools import cycle
+
+import aiohttp
+import orjson
+import uvloop
+
+from bench.events import EventMix
+from bench.stack import SIGNING_SECRET
+from consumer.delivery.webhook import build_body, build_request
+from consumer.events import parse_event
+from consumer.tracking_codes import TrackingCode
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def prepare(urls: list[str], tests: int, distinct: int) -> list[Prepared]:
+    codes = [f"LIMIT{i:02d}" for i in range(len(urls))]
+    tracking = {
+        name: TrackingCode(code=name, endpoint_url=url, signing_secret=SIGNING_SECRET)
+        for name, url in zip(codes, urls, strict=True)
+    }
+    encode = EventMix(run="limit", codes=codes, tests=tests).encoder()
+    now = int(time.time())
+    out: list[Prepared] = []
+    for i in range(distinct):
+        key, value, _ = encode(i, f"crm-{i}")
+        event = parse_event(value, key)
+        code = tracking[event.tracking_code or ""]
+        body = build_body(event, code)
+        request = build_request(event, code, body, now)
+        out.append(Prepared(request.url, dict(request.headers), request.body))
+    return out
+
+
+async def post_all(
+    requests: list[Prepared], count: int, concurrency: int, per_host: int
+) -> dict[str, float]:
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        source = iter(range(count))
+        items = cycle(requests)
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            for _ in source:
+                item = next(items)
+                async with session.post(item.url, data=item.body, headers=item.headers) as resp:
+                    await resp.read()
+                    failures += resp.status != 200
+
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"requests": count, "seconds": seconds, "cpu": cpu, "failures": failures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
+    parser.add_argument("--urls", required=True, help="comma-separated, one per code")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--tests", type=int, default=20_000)
+    parser.add_argument("--distinct", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--per-host", type=int, required=True)
+    args = parser.parse_args()
+    requests = prepare(args.urls.split(","), args.tests, min(args.distinct, args.count))
+    result = uvloop.run(post_all(requests, args.count, args.concurrency, args.per_host))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The run's tables in Markdown, and their place in ``BENCHMARKS.md``.
+
+A full run replaces what stands between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``;
+a quick run (``--quick``) what stands between ``<!-- bench-quick:begin -->`` and
+``<!-- bench-quick:end -->``, so a quick run never overwrites the figures of a full one. The
+rest of the file is written by hand and left alone. Missing markers are appended at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from bench.machine import Machine
+from bench.plan import Plan
+from bench.results import Results
+from bench.window import Window
+from consumer.settings import Settings
+
+
+def markers(quick: bool) -> tuple[str, str]:
+    name = "bench-quick" if quick else "bench"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def _n(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:,.0f}"
+
+
+def _ms(value: float, digits: int = 3) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f} ms"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _window(window: Window) -> str:
+    return f"{window.seconds:.1f} s" + ("" if window.drained else " (cut)")
+
+
+def throughput_lines(results: Results) -> list[str]:
+    limit = results.limit
+    rows: list[list[str]] = []
+    if limit is not None:
+        rows.append(
+            [
+                "1 limit",
+                f"bare aiohttp, {limit.concurrency:,} workers, {limit.per_host}/origin",
+                f"{limit.requests:,}",
+                f"{limit.seconds:.1f} s",
+                _n(limit.rate),
+                "",
+                "",
+                _ms(limit.cpu_ms),
+                "1.00",
+                "",
+            ]
+        )
+    for row in results.throughput:
+        window = row.window
+        ratio = f"{window.rate / row.reference:.2f}" if row.reference else ""
+        reference = f"{row.reference_name} {row.reference:,.0f}/s" if row.reference else ""
+        cpu_ratio = f"{window.cpu_ms / limit.cpu_ms:.2f}" if limit and window.webhooks else ""
+        rows.append(
+            [
+                row.scenario,
+                row.relay,
+                f"{window.webhooks:,}",
+                _window(window),
+                _n(window.rate),
+                reference,
+                ratio,
+                _ms(window.cpu_ms),
+                cpu_ratio,
+                row.note,
+            ]
+        )
+    if not rows:
+        return []
+    header = (
+        "scenario",
+        "relay",
+        "webhooks",
+        "window",
+        "webhooks/s",
+        "reference",
+        "ratio",
+        "CPU/webhook",
+        "CPU vs limit",
+        "notes",
+    )
+    lines = _table(header, rows)
+    speedups = []
+    for scenario in ("2 fast", "3 slow"):
+        by_relay = {r.relay: r.window.rate for r in results.throughput if r.scenario == scenario}
+        service, naive = by_relay.get("service"), by_relay.get("naive consumer")
+        if service and naive:
+            speedups.append(f"{scenario} {service / naive:,.1f}x")
+    if speedups:
+        lines += ["", "The service against the naive consumer: " + ", ".join(speedups) + "."]
+    return lines
+
+
+def latency_lines(results: Results) -> list[str]:
+    if not results.latency:
+        return []
+    rows = [
+        [
+            row.label,
+            f"{row.published:,}",
+            f"{row.received:,}",
+            _ms(row.p50_ms, 1),
+            _ms(row.p99_ms, 1),
+            _ms(row.max_ms, 1),
+            _ms(row.cpu_ms),
+        ]
+        for row in results.latency
+    ]
+    header = ("4 latency, rate", "published", "received", "p50", "p99", "max", "CPU/webhook")
+    return _table(header, rows)
+
+
+def backlog_lines(results: Results) -> list[str]:
+    if not results.backlog:
+        return []
+    rows = [
+        [
+            f"{row.backlog:,}",
+            _window(row.window),
+            f"{row.window.webhooks:,}",
+            _n(row.window.rate),
+            f"{row.window.peak_rss_kb / 1024:,.0f} MiB",
+            f"{row.window.peak_hwm_kb / 1024:,.0f} MiB",
+            _ms(row.window.cpu_ms),
+        ]
+        for row in results.backlog
+    ]
+    header = (
+        "5 backlog",
+        "window",
+        "committed",
+        "webhooks/s",
+        "peak RSS",
+        "peak VmHWM",
+        "CPU/webhook",
+    )
+    return _table(header, rows)
+
+
+def render(
+    results: Results,
+    *,
+    plan: Plan,
+    settings: Settings,
+    machine: Machine,
+    date: str,
+    command: str,
+    minutes: float,
+    log_level: str,
+) -> str:
+    lines = [
+        f"Run {date}, {plan.name} plan, {minutes:.1f} min. Command: {command}.",
+        "",
+        f"Machine: {machine.describe()}.",
+        f"Versions: {machine.describe_versions()}.",
+        f"Service: `python -m consumer run`, default settings (MAX_IN_FLIGHT"
+        f" {settings.max_in_flight:,}, MAX_IN_FLIGHT_PER_ENDPOINT"
+        f" {settings.max_in_flight_per_endpoint}, MAX_IN_FLIGHT_PER_HOST"
+        f" {settings.max_in_flight_per_host}), LOG_LEVEL {log_level}; {plan.codes} tracking codes,"
+        f" each signed, each on its own receiver port; {plan.events:,} events over"
+        f" {plan.tests:,} test ids in scenarios 2 and 3.",
+    ]
+    for block in (throughput_lines(results), latency_lines(results), backlog_lines(results)):
+        if block:
+            lines += ["", *block]
+    if results.notes:
+        lines += ["", *(f"- {note}" for note in results.notes)]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, quick: bool, body: str) -> None:
+    """Replace the run's marked section of ``path`` with ``body`` (appended if unmarked)."""
+    begin, end = markers(quick)
+    text = path.read_text() if path.exists() else ""
+    section = f"{begin}\n<!-- written by `python -m bench`; edits here are lost -->\n{body}\n{end}"
+    head, found, rest = text.partition(begin)
+    if found and end in rest:
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)

@@ -1,0 +1,66 @@
+"""What a run found: one value per table row, filled in by the scenarios."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.window import Window
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """The bare aiohttp loop: requests POSTed, wall seconds, CPU seconds of its process."""
+
+    requests: int
+    seconds: float
+    cpu_seconds: float
+    concurrency: int
+    per_host: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000.0 * self.cpu_seconds / self.requests
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """One relay run against a reference measured in the same run."""
+
+    scenario: str
+    relay: str
+    events: int
+    window: Window
+    reference: float | None  # webhooks/s the ratio is taken against
+    reference_name: str
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    label: str
+    rate: int
+    published: int
+    received: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu_ms: float  # service CPU per webhook over the phase
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    backlog: int
+    window: Window
+
+
+@dataclass(slots=True)
+class Results:
+    limit: Limit | None = None
+    throughput: list[Throughput] = field(default_factory=list)
+    latency: list[Latency] = field(default_factory=list)
+    backlog: list[Backlog] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)

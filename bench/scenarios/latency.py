@@ -1,0 +1,98 @@
+"""Scenario 4, latency: publication to arrival at steady rates, fast receivers.
+
+The service starts on an empty topic and is warmed up (``plan.latency_warmup`` seconds at
+100 events/s: connections opened, codes cached; not reported). Then the producer publishes
+at each of ``plan.latency_rates`` (500, then 2,000 events/s) for ``plan.latency_seconds``
+each, back to back, on a fixed schedule. Each event carries ``time.time_ns()`` taken just
+before it is handed to the producer (in its ``oid``, which the webhook's ``OID`` carries);
+the receiver subtracts it from ``time.time()`` at arrival (one machine, one clock). p50,
+p99 and max are over every event of the phase, however late it arrives; CPU per webhook is
+the service's CPU over the phase's publishing time divided by the webhooks that arrived in
+that time (fewer than published when the service falls behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+
+from bench.context import Context
+from bench.events import PacedProducer
+from bench.results import Latency
+from bench.window import PROGRESS_EVERY
+from bench.workload import Workload
+
+WARMUP_RATE = 100
+
+
+def quantile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank quantile (the smallest value with at least q of the values <= it)."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+async def wait_received(work: Workload, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (await work.receiver.stats()).count < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+async def run(ctx: Context) -> None:
+    plan = ctx.plan
+    async with Workload(ctx, "latency", delay=0.0, stamps=True) as work:
+        relay = await work.service()
+        await relay.relay.start()
+        try:
+            async with PacedProducer(ctx.bootstrap, work.topic, work.mix) as producer:
+
+                async def progress_routine() -> None:
+                    while True:
+                        await asyncio.sleep(PROGRESS_EVERY)
+                        stats = await work.receiver.stats()
+                        ctx.say(f"latency: {stats.count:,} webhooks received")
+
+                progress = asyncio.create_task(progress_routine())
+                try:
+                    ctx.say(f"latency: warm-up, {WARMUP_RATE}/s for {plan.latency_warmup:.0f} s")
+                    total = await producer.run("warmup", WARMUP_RATE, plan.latency_warmup)
+                    # The measured phases start with the service caught up.
+                    await wait_received(work, total, 120.0)
+                    phases: list[tuple[int, int, float]] = []
+                    for rate in plan.latency_rates:
+                        ctx.say(f"latency: {rate:,} events/s for {plan.latency_seconds:.0f} s")
+                        cpu = relay.relay.tree.cpu_seconds()
+                        arrived = (await work.receiver.stats()).count
+                        count = await producer.run(str(rate), rate, plan.latency_seconds)
+                        relay.relay.check_alive()
+                        cpu = relay.relay.tree.cpu_seconds() - cpu
+                        arrived = (await work.receiver.stats()).count - arrived
+                        phases.append((rate, count, cpu / max(arrived, 1)))
+                        total += count
+                finally:
+                    progress.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await progress
+            await wait_received(work, total, 60.0)
+            stats = await work.receiver.stats(samples=True)
+        finally:
+            await relay.relay.stop()
+    for rate, count, cpu in phases:
+        samples = sorted(stats.samples.get(str(rate), []))
+        row = Latency(
+            label=f"{rate:,}/s",
+            rate=rate,
+            published=count,
+            received=len(samples),
+            p50_ms=quantile(samples, 0.5),
+            p99_ms=quantile(samples, 0.99),
+            max_ms=samples[-1] if samples else float("nan"),
+            cpu_ms=1000.0 * cpu,
+        )
+        ctx.results.latency.append(row)
+        ctx.say(
+            f"latency at {row.label}: p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms,"
+            f" max {row.max_ms:.1f} ms ({row.received:,}/{count:,} received)"
+        )

@@ -1,0 +1,69 @@
+"""Scenario 1, the limit: what a bare aiohttp loop gets through on this machine.
+
+The same receivers as scenario 2 (one process, one port per code, answering at once), the
+same signed form bodies, ``MAX_IN_FLIGHT_PER_HOST`` (100) workers spread over the 20
+origins, no Kafka, no Postgres. More workers do not raise the ceiling: 1,000 (the service's
+``MAX_IN_FLIGHT``) measured 40% lower on the 2-core machine, since the receivers and the
+client then juggle ten times the connections for the same two cores. The POSTing runs in its
+own process (``bench.ceiling``), which reports the CPU it used while POSTing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import orjson
+
+from bench.context import Context
+from bench.receiver import ReceiverProcess
+from bench.results import Limit
+from bench.stack import ROOT, new_run_id
+
+
+async def run(ctx: Context) -> Limit:
+    plan, settings = ctx.plan, ctx.settings
+    per_host = settings.max_in_flight_per_host
+    concurrency = per_host
+    run_id = new_run_id()
+    receiver = ReceiverProcess(plan.codes, 0.0)
+    ctx.say(f"limit: {plan.limit_requests:,} POSTs, {concurrency} workers, {per_host} per origin")
+    await receiver.start(ctx.log_dir / f"limit-{run_id}-receiver.log")
+    try:
+        with (ctx.log_dir / f"limit-{run_id}-ceiling.log").open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.ceiling",
+                "--urls",
+                ",".join(receiver.urls),
+                "--count",
+                str(plan.limit_requests),
+                "--tests",
+                str(plan.tests),
+                "--concurrency",
+                str(concurrency),
+                "--per-host",
+                str(per_host),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+            )
+            out, _ = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"bench.ceiling failed ({process.returncode}); see {log_file.name}")
+        received = (await receiver.stats()).count
+    finally:
+        await receiver.stop()
+    doc = orjson.loads(out)
+    if doc["failures"] or received != plan.limit_requests:
+        raise RuntimeError(f"limit: {doc['failures']} failed POSTs, {received:,} received")
+    limit = Limit(
+        requests=int(doc["requests"]),
+        seconds=float(doc["seconds"]),
+        cpu_seconds=float(doc["cpu"]),
+        concurrency=concurrency,
+        per_host=per_host,
+    )
+    ctx.say(f"limit: {limit.rate:,.0f} requests/s, {limit.cpu_ms:.3f} ms CPU each")
+    return limit

@@ -1,0 +1,218 @@
+"""The local stack as the benchmark uses it: topics, tracking codes and the relay processes.
+
+Every run gets fresh names (``bench-<run>-...``) and removes what it made: its topics are
+deleted and its tracking codes dropped, so runs never mix with each other or with other data
+on the broker. A relay (the service, the naive consumer, the faststream relay) is started
+as its own process with its output in ``.local/bench/``; ``RelayProcess.tree`` reads its CPU
+and memory, children included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.procs import ProcessTree
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+LOG_DIR: Final = ROOT / ".local" / "bench"
+PARTITIONS: Final = 6
+# A fixed key of the benchmark's own codes, so that signatures are computed as for any
+# partner with a secret.
+SIGNING_SECRET: Final = "whsec_YmVuY2gtc2VjcmV0LWtleS0xMjM0NTY3OA=="  # noqa: S105
+_CONSUMED: Final = re.compile(rb"^itep_events_consumed_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def wait_for_port(
+    port: int, timeout: float, process: asyncio.subprocess.Process | None = None
+) -> None:
+    """Wait until something accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.returncode is not None:
+            raise RuntimeError(f"process {process.pid} exited ({process.returncode}) early")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port} in {timeout:.0f} s") from None
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            return
+
+
+class Kafka:
+    """Admin calls on the broker; ``async with Kafka(bootstrap)``."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+
+    async def __aenter__(self) -> Kafka:
+        await self._admin.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._admin.close()
+
+    async def create_topics(self, names: Sequence[str]) -> None:
+        await self._admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names])
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        if names:
+            await self._admin.delete_topics(list(names))
+
+    async def committed(self, group: str, topic: str) -> int:
+        """Sum over ``topic``'s partitions of ``group``'s committed offsets (0 before any)."""
+        offsets = await self._admin.list_consumer_group_offsets(group)
+        return sum(max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == topic)
+
+    async def end_total(self, topic: str) -> int:
+        """Records in ``topic`` (sum of the partitions' end offsets; topics here start at 0)."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            ends = await consumer.end_offsets(parts)
+        finally:
+            await consumer.stop()
+        return int(sum(ends.values()))
+
+
+async def add_tracking_codes(dsn: str, codes: Sequence[str], urls: Sequence[str]) -> None:
+    """One tracking code per URL, each with a signing secret (signatures are computed)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany(
+            "INSERT INTO tracking_codes (code, endpoint_url, signing_secret) VALUES ($1, $2, $3)",
+            [(code, url, SIGNING_SECRET) for code, url in zip(codes, urls, strict=True)],
+        )
+    finally:
+        await conn.close()
+
+
+async def remove_tracking_codes(dsn: str, prefix: str) -> None:
+    """Drop the codes starting with ``prefix`` and whatever the schedule holds for them."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "DELETE FROM scheduled_deliveries WHERE starts_with(tracking_code, $1)", prefix
+        )
+        await conn.execute("DELETE FROM tracking_codes WHERE starts_with(code, $1)", prefix)
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """How to start one process of a relay: ``python -m <module> <args>`` with ``env``."""
+
+    module: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]
+    http_port: int | None = None  # where /metrics answers, for the service
+
+
+class RelayProcess:
+    """One or more processes of a relay, started together; stopped with SIGTERM."""
+
+    def __init__(self, name: str, commands: Sequence[Command], log_path: Path) -> None:
+        self.name = name
+        self.commands = list(commands)
+        self.log_path = log_path
+        self._processes: list[asyncio.subprocess.Process] = []
+        self.tree = ProcessTree([])
+
+    async def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            for command in self.commands:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    command.module,
+                    *command.args,
+                    env={**os.environ, **command.env},
+                    cwd=ROOT,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                )
+                self._processes.append(process)
+        self.tree = ProcessTree(p.pid for p in self._processes)
+
+    def check_alive(self) -> None:
+        for process in self._processes:
+            if process.returncode is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with status {process.returncode}; log {self.log_path}"
+                )
+
+    async def consumed(self, session: aiohttp.ClientSession) -> float:
+        """Events consumed so far per the service's ``/metrics`` (0 when it cannot tell)."""
+        total = 0.0
+        for command in self.commands:
+            if command.http_port is None:
+                continue
+            try:
+                url = f"http://127.0.0.1:{command.http_port}/metrics"
+                async with session.get(url) as response:
+                    text = await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            total += sum(float(value) for value in _CONSUMED.findall(text))
+        return total
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (a clean stop), SIGKILL after ``timeout``."""
+        for process in self._processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self._processes:
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def processes_flag_supported() -> bool:
+    """Whether ``python -m consumer run`` takes ``--processes N`` (another change adds it)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        "--help",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    return b"--processes" in out
