@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -80,6 +81,7 @@ async def run_service(
             raise StartupError(f"cannot start: Kafka: {exc}") from None
         except OSError as exc:
             raise StartupError(f"cannot start: {exc}") from None
+        _settle_garbage_collector()
         # The schedule runner drains beside the consume loop once the stop comes.
         runner_stopped = asyncio.create_task(
             _stop_runner(stop, runner, settings.drain_timeout), name="schedule_stop"
@@ -90,6 +92,21 @@ async def run_service(
             stop.set()
             await runner_stopped
     log.info("service_stopped")
+
+
+# Young-generation collections every 10,000 allocations instead of 700: each event
+# allocates a few hundred short-lived objects, nearly all freed by reference counting.
+GC_THRESHOLD_YOUNG = 10_000
+
+
+def _settle_garbage_collector() -> None:
+    """Move what start-up made (modules, clients, pools) out of the collector's sight and
+    collect the young generation less often: the cyclic collector otherwise walks the same
+    long-lived objects again and again while events stream through."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD_YOUNG, older, oldest)
 
 
 async def _stop_runner(stop: asyncio.Event, runner: ScheduleRunner, drain_timeout: float) -> None:
