@@ -121,12 +121,34 @@ def quoted_data(data: Mapping[str, Scalar]) -> str:
     """
     return (
         "%7B"
-        + "%2C".join(
-            _quoted_key(key) + form_quote(orjson.dumps(value).decode())
-            for key, value in data.items()
-        )
+        + "%2C".join(_quoted_key(key) + _quoted_value(value) for key, value in data.items())
         + "%7D"
     )
+
+
+# The form encoding of the JSON of small values: scores, levels, CEFR bands, dates and the
+# status come from small sets and repeat from event to event. Kept by exact type and value;
+# a float zero is left out, since 0.0 and -0.0 are equal but encode differently.
+_QUOTED_VALUES: dict[tuple[type, Scalar], str] = {}
+_QUOTED_VALUES_MAX: Final = 4096
+_SHORT: Final = 16
+
+
+def _quoted_value(value: Scalar) -> str:
+    kind = type(value)
+    if isinstance(value, str):
+        cacheable = len(value) <= _SHORT
+    else:
+        cacheable = kind is int or value != 0.0
+    if not cacheable:
+        return form_quote(orjson.dumps(value).decode())
+    cache_key = (kind, value)
+    quoted = _QUOTED_VALUES.get(cache_key)
+    if quoted is None:
+        if len(_QUOTED_VALUES) >= _QUOTED_VALUES_MAX:
+            _QUOTED_VALUES.clear()
+        quoted = _QUOTED_VALUES[cache_key] = form_quote(orjson.dumps(value).decode())
+    return quoted
 
 
 def form_body(data: Mapping[str, Scalar], extra_fields: Mapping[str, str]) -> bytes:

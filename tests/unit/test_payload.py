@@ -324,3 +324,16 @@ def test_form_body_is_byte_identical_to_urllib_urlencode(data: str, extra: dict[
     """The fast encoder writes exactly what ``urllib.parse.urlencode`` writes."""
     fields = [("data", data), *((k, v) for k, v in extra.items() if k != "data")]
     assert encode_form(data, extra) == urlencode(fields).encode("ascii")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(0.0, -0.0, 0), (1, 1.0), (4.5, 4.5), ("B2", "B2")],
+    ids=["zeros", "int-and-float", "float-twice", "string-twice"],
+)
+def test_values_kept_from_earlier_bodies_never_change_a_later_one(values: tuple[Any, ...]) -> None:
+    """Equal values of another type or sign (``0.0``, ``-0.0``, ``0``; ``1``, ``1.0``) keep
+    their own JSON in the body, whichever came first."""
+    for value in values:
+        data = {"Overall_Level": value}
+        assert form_body(data, {}) == encode_form(orjson.dumps(data).decode(), {})
