@@ -136,11 +136,8 @@ _SHORT: Final = 16
 
 def _quoted_value(value: Scalar) -> str:
     kind = type(value)
-    if isinstance(value, str):
-        cacheable = len(value) <= _SHORT
-    else:
-        cacheable = kind is int or value != 0.0
-    if not cacheable:
+    short = len(value) <= _SHORT if isinstance(value, str) else kind is int or value != 0.0
+    if not short:
         return form_quote(orjson.dumps(value).decode())
     cache_key = (kind, value)
     quoted = _QUOTED_VALUES.get(cache_key)

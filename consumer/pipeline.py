@@ -16,10 +16,13 @@ for a retry. When a partition is assigned, the test ids with deliveries waiting 
 schedule are loaded for it, so that a later event of such a test joins the schedule behind
 them (see ``consumer.delivery.deliverer.WaitingTests``).
 
-Winding down (a stop, or partitions revoked in a rebalance) drops the queued events of the
-partitions concerned, lets the runners finish the event in hand within ``DRAIN_TIMEOUT``,
-cancels what is left, and commits. Whatever was not finished is consumed again by the next
-owner: nothing is lost, some work may be redone.
+Winding down (a stop, or partitions revoked in a rebalance) lets the runners finish every
+event fetched from the partitions concerned, queued ones included, within ``DRAIN_TIMEOUT``,
+cancels what is left, and commits. Finishing the queued events too is what makes a clean stop
+or a hand-over redo nothing: records finish out of order, so a queued event left unfinished
+would hold the commit below every record finished after it, and the next owner would send
+those again. Whatever was not finished by the bound is consumed again by the next owner:
+nothing is lost, some work may be redone.
 """
 
 from __future__ import annotations
@@ -101,7 +104,6 @@ class Pipeline:
         self._held_back: dict[TopicPartition, list[Record]] = {}
         self._paused = False
         self._window_full: set[TopicPartition] = set()  # paused: too many records uncommitted
-        self._stopping = False
         self._commit_lock = asyncio.Lock()
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
@@ -167,7 +169,6 @@ class Pipeline:
 
     async def shutdown(self) -> None:
         """Stop fetching, finish the events in hand within the bound, commit."""
-        self._stopping = True
         assigned = list(self.consumer.assignment())
         if assigned:
             self.consumer.pause(*assigned)
@@ -206,7 +207,7 @@ class Pipeline:
         self._ensure_runner(event.test_id)
 
     def _ensure_runner(self, test_id: str) -> None:
-        if test_id not in self._runners and not self._stopping:
+        if test_id not in self._runners:
             runner = _spawn(self._run_key(test_id))
             self._runners[test_id] = runner
             runner.add_done_callback(lambda task: self._forget_runner(test_id, task))
@@ -225,7 +226,7 @@ class Pipeline:
         bind = structlog.contextvars.bind_contextvars
         bind(test_id=test_id)
         try:
-            while queue and not self._stopping:
+            while queue:
                 tp, offset, event, raw = queue[0]
                 bind(event_id=event.event_id, partition=tp.partition, offset=offset)
                 try:
@@ -302,20 +303,13 @@ class Pipeline:
     # -- winding down -----------------------------------------------------------------
 
     async def wind_down(self, partitions: Collection[TopicPartition] | None) -> bool:
-        """Stop the work of ``partitions`` (all when None); True when all of it finished in
-        time. Queued events are dropped, events in hand finished within ``DRAIN_TIMEOUT``
-        and then cancelled."""
+        """Finish the work of ``partitions`` (all when None): every event fetched from them,
+        queued or in hand, within ``DRAIN_TIMEOUT``; what is left then is cancelled. True
+        when all of it finished in time."""
 
         def concerned(tp: TopicPartition) -> bool:
             return partitions is None or tp in partitions
 
-        for test_id, queue in self._queues.items():
-            runner = self._runners.get(test_id)
-            in_hand = queue[0] if queue and runner is not None else None
-            kept = [item for item in queue if item is in_hand or not concerned(item[0])]
-            if len(kept) != len(queue):
-                queue.clear()
-                queue.extend(kept)
         self._restart_runners()
         drained = await self._wait_idle(concerned)
         # What is left overran the bound.
@@ -327,7 +321,7 @@ class Pipeline:
         busy = [task for task, tp in self._rejects.items() if concerned(tp)]
         for test_id, queue in self._queues.items():
             runner = self._runners.get(test_id)
-            if runner is not None and queue and concerned(queue[0][0]):
+            if runner is not None and any(concerned(item[0]) for item in queue):
                 busy.append(runner)
         return busy
 

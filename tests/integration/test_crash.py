@@ -131,3 +131,53 @@ async def test_sigterm_drains_commits_and_exits_zero(stack: Stack) -> None:
     webhooks = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert set(webhooks) == ids
     assert max(webhooks.values()) == 1, "a drained and committed event was sent again"
+
+
+async def test_a_rebalance_and_a_clean_stop_send_no_webhook_twice(stack: Stack) -> None:
+    """A second instance joins mid-stream, then the first is stopped cleanly: each hands its
+    partitions over with every fetched event finished, the queued ones too. Four slow tests
+    keep events queued while the events of the fast ones, later in their partitions, finish:
+    had the queued ones been dropped, the commit would stop below them and the next owner
+    would send the fast ones again."""
+    tests, slow_tests, per_test = 40, 4, 40
+    events = [
+        event_dict(
+            test_id=f"HAND{t}",
+            tracking_code="HAND",
+            event_type="reset",
+            reset_type=f"r{k}",
+            status="Ready",
+            previous_status="Ready",
+        )
+        for k in range(per_test)
+        for t in range(tests)
+    ]
+    ids = {e["event_id"] for e in events}
+    slow = {e["event_id"] for e in events if int(e["test_id"][4:]) < slow_tests}
+
+    async def respond(request: web.Request, _n: int) -> web.StreamResponse:
+        await asyncio.sleep(0.4 if request.headers["webhook-id"] in slow else 0.01)
+        return web.Response(text="ok")
+
+    receiver = await Receiver(respond=respond).start()
+    try:
+        await add_tracking_code(stack.database_url, "HAND", receiver.url)
+        await publish(stack.bootstrap, stack.events_topic, events)
+        first = await ServiceProcess.start(stack)
+        fast = len(events) - len(slow)
+        await receiver.wait_for(fast, timeout=60)
+        assert len(receiver.requests) < len(events), "the slow tests' events are still queued"
+        second = await ServiceProcess.start(stack)  # the group rebalances
+        await second.ready()
+        await asyncio.sleep(1.0)
+        assert await first.stop() == 0  # what it holds goes to the second
+        async with TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes:
+            await outcomes.until(lambda records: ids <= set(finals(records)), timeout=120)
+        assert await second.stop() == 0
+    finally:
+        await receiver.stop()
+    webhooks = Counter(r.headers["webhook-id"] for r in receiver.requests)
+    assert set(webhooks) == ids
+    twice = {webhook_id: n for webhook_id, n in webhooks.items() if n > 1}
+    assert not twice, f"{len(twice)} webhooks sent again after a hand-over"
+    assert max(finals(outcomes.records).values()) == 1

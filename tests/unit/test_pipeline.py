@@ -372,25 +372,42 @@ class SlowSender(FakeSender):
         return await super().send(request)
 
 
-async def test_winding_down_finishes_the_event_in_hand_and_drops_queued_ones() -> None:
-    """On a stop, the attempt in hand is finished within the bound and the events queued
-    behind it are dropped unfinished, so the commit stays below them."""
+async def test_winding_down_finishes_queued_events_too_so_nothing_is_redone() -> None:
+    """On a stop, the attempt in hand and the events queued behind it are finished within
+    the bound: the commit covers every record fetched, so the next owner sends none again."""
     pipeline, _, publisher = make_pipeline(Store())
     pipeline.handler.deliverer.sender = SlowSender()
     pipeline.settings = replace(pipeline.settings, drain_timeout=3.0)
     pipeline._accept(TP, record(0, test_id="A"))
     pipeline._accept(TP, record(1, test_id="A", status="Invalidated"))
-    await asyncio.sleep(0.05)  # sending the first
+    pipeline._accept(TP, record(2, test_id="B"))
+    await asyncio.sleep(0.05)  # sending the first of each test
     async with asyncio.timeout(1.5):
         assert await pipeline.wind_down(None)
     assert not pipeline._runners
+    assert [o.outcome.value for o in publisher.outcomes] == ["delivered"] * 3
+    assert pipeline.offsets.to_commit() == {TP: 3}
+
+
+async def test_winding_down_cancels_what_is_left_at_the_bound() -> None:
+    """Events not finished within ``DRAIN_TIMEOUT`` are cancelled and stay uncommitted: the
+    commit stops below the first of them."""
+    pipeline, _, publisher = make_pipeline(Store())
+    pipeline.handler.deliverer.sender = SlowSender()
+    pipeline.settings = replace(pipeline.settings, drain_timeout=0.3)
+    for offset in range(3):  # one test: 0.2 s each, one after the other
+        pipeline._accept(TP, record(offset, test_id="A", status="Invalidated"))
+    async with asyncio.timeout(1.5):
+        assert not await pipeline.wind_down(None)
+    assert not pipeline._runners
+    assert not pipeline._queues
     assert [o.outcome.value for o in publisher.outcomes] == ["delivered"]
     assert pipeline.offsets.to_commit() == {TP: 1}
 
 
 async def test_a_revoked_then_reassigned_partition_starts_clean() -> None:
-    """Revoking drops the partition's queued events; once assigned again, the events
-    fetched anew are handled in order."""
+    """Revoking cancels the partition's events not finished within the bound; once assigned
+    again, the events fetched anew are handled in order."""
     pipeline, sender, publisher = make_pipeline(Store())
     pipeline.handler.deliverer.sender = SlowSender()
     pipeline.settings = replace(pipeline.settings, drain_timeout=0.05)
