@@ -25,6 +25,7 @@ class OutcomePublisher:
         *,
         linger_ms: int = 5,
         max_batch_size: int = 512 * 1024,
+        metadata_max_age_ms: int = 300_000,
     ) -> None:
         self.outcomes_topic = outcomes_topic
         self.dead_letter_topic = dead_letter_topic
@@ -41,6 +42,8 @@ class OutcomePublisher:
             # A dead-letter copy is as large as the event it copies: allow any record the
             # dead-letter topic takes (the service creates it with this limit).
             max_request_size=MAX_RECORD_BYTES,
+            # KAFKA_METADATA_MAX_AGE: how soon partitions added to the outcome topic are used.
+            metadata_max_age_ms=metadata_max_age_ms,
         )
 
     async def start(self) -> None:

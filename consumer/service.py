@@ -65,8 +65,10 @@ async def run_service(
     ``http_socket``, a listening socket, is served instead of ``HTTP_PORT`` (a worker of
     ``run --processes N`` serves the one its supervisor bound).
 
-    A start-up that cannot work (Kafka unreachable, the database missing or refusing the
-    credentials, the HTTP port taken) raises ``StartupError`` with one readable line.
+    A start-up that cannot work (Kafka unreachable, the HTTP port taken) raises
+    ``StartupError`` with one readable line; a setting that cannot work (the database missing
+    or refusing the credentials, a TOPIC_REPLICATION_FACTOR above the cluster's broker count
+    when a topic must be created) raises ``ConfigError``.
     """
     stop = stop or asyncio.Event()
     if handle_signals:
@@ -139,6 +141,8 @@ async def _start(
 ) -> tuple[Pipeline, ScheduleRunner]:
     """Create the topics, open every connection, and return the pipeline ready to run."""
     await check_database(settings.database_url)
+    # Refuses (ConfigError) a TOPIC_REPLICATION_FACTOR above the cluster's broker count when
+    # a topic must be created; warns about existing topics with fewer replicas.
     await ensure_topics(
         settings.kafka_bootstrap_servers,
         [settings.exam_events_topic, settings.outcomes_topic, settings.dead_letter_topic],
@@ -160,8 +164,12 @@ async def _start(
     )
     await sender.start()
     stack.push_async_callback(_bounded, "sender", sender.close)
+    metadata_max_age_ms = int(settings.kafka_metadata_max_age * 1000)
     publisher = OutcomePublisher(
-        settings.kafka_bootstrap_servers, settings.outcomes_topic, settings.dead_letter_topic
+        settings.kafka_bootstrap_servers,
+        settings.outcomes_topic,
+        settings.dead_letter_topic,
+        metadata_max_age_ms=metadata_max_age_ms,
     )
     await publisher.start()
     stack.push_async_callback(_bounded, "publisher", publisher.close)
@@ -174,6 +182,9 @@ async def _start(
         # A revocation may take DRAIN_TIMEOUT to finish the events in hand; the group waits
         # that long (and a margin) before it hands the partitions to someone else.
         rebalance_timeout_ms=int((settings.drain_timeout + REBALANCE_MARGIN) * 1000),
+        # Partitions added to the events topic are seen (and the group rebalanced to deal
+        # them out) at the next metadata refresh: KAFKA_METADATA_MAX_AGE at the latest.
+        metadata_max_age_ms=metadata_max_age_ms,
     )
     schedule = ScheduleStore(
         settings.database_url, owner=instance_name(), topic=settings.exam_events_topic

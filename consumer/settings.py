@@ -165,6 +165,7 @@ _SPEC: Final[Mapping[str, tuple[str, Callable[[str], Any]]]] = {
     "TRACKING_CODE_TTL": ("4s", _tracking_code_ttl),
     "TOPIC_PARTITIONS": ("6", _positive_int),
     "TOPIC_REPLICATION_FACTOR": ("1", _positive_int),
+    "KAFKA_METADATA_MAX_AGE": ("5m", _positive_duration),
     "PROCESSES": ("1", _positive_int),
 }
 
@@ -201,6 +202,7 @@ class Settings:
     tracking_code_ttl: float
     topic_partitions: int
     topic_replication_factor: int
+    kafka_metadata_max_age: float
     processes: int
 
     @classmethod

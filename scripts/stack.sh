@@ -14,22 +14,16 @@
 # Debian's postgresql package (installed with apt-get when missing and running as root).
 #
 # Environment overrides: KAFKA_VERSION, KAFKA_HEAP_OPTS, KAFKA_START_TIMEOUT (s), JAVA_HOME.
+# The Kafka release, its jars and the helpers shared with scripts/cluster.sh: scripts/kafka-lib.sh.
 set -euo pipefail
 
-# The one place the broker version is pinned (passed to Maven as -Dkafka.version).
-KAFKA_VERSION_DEFAULT=4.1.1
-KAFKA_VERSION="${KAFKA_VERSION:-$KAFKA_VERSION_DEFAULT}"
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-LOCAL="$ROOT/.local"
+SCRIPT_TAG=stack
+# shellcheck source=scripts/kafka-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/kafka-lib.sh"
 
 KAFKA_HOST=127.0.0.1
 KAFKA_PORT=9092
 KAFKA_CONTROLLER_PORT=9093
-K_SRC="$ROOT/deploy/kafka"
-K_DIR="$LOCAL/kafka"
-K_LIBS="$K_DIR/libs"
-K_STAMP="$K_LIBS/.fetched"
 K_DATA="$K_DIR/data"
 K_CONF="$K_DIR/server.properties"
 K_LOG="$K_DIR/kafka.log"
@@ -48,79 +42,7 @@ PG_DATA="$PG_DIR/data"
 PG_RUN="$PG_DIR/run"
 PG_LOG="$PG_DIR/postgres.log"
 
-if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then JAVA="$JAVA_HOME/bin/java"; else JAVA=java; fi
-
-say() { printf '%s\n' "$*"; }
-die() { printf 'stack: %s\n' "$*" >&2; exit 1; }
-now_ms() { date +%s%3N; }
-since() { local t0=$1 t1; t1=$(now_ms); printf '%d.%ds' $(((t1 - t0) / 1000)) $(((t1 - t0) % 1000 / 100)); }
-is_root() { [[ $(id -u) -eq 0 ]]; }
-
-# True while pid runs; a zombie (exited, not yet reaped by init) counts as gone.
-alive() {
-    local st
-    kill -0 "$1" 2>/dev/null || return 1
-    st=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ "$st" != Z && "$st" != X ]]
-}
-
-# True when something accepts TCP connections on host:port.
-port_open() { timeout 2 bash -c ": </dev/tcp/$1/$2" 2>/dev/null; }
-
 # ---------------------------------------------------------------- Kafka
-
-# Ready = the broker answers ApiVersions and a Metadata request lists at least one (unfenced)
-# broker. Plain sockets, no client library needed.
-kafka_probe() {
-    command -v python3 >/dev/null || { port_open "$KAFKA_HOST" "$KAFKA_PORT"; return; }
-    python3 - "$KAFKA_HOST" "$KAFKA_PORT" <<'PY'
-import socket, struct, sys
-
-def recvn(s, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-def call(s, api_key, version, corr, body):
-    client = b"stack.sh"
-    msg = struct.pack(">hhih", api_key, version, corr, len(client)) + client + body
-    s.sendall(struct.pack(">i", len(msg)) + msg)
-    data = recvn(s, struct.unpack(">i", recvn(s, 4))[0])
-    if struct.unpack(">i", data[:4])[0] != corr:
-        raise ValueError("correlation id mismatch")
-    return data[4:]
-
-try:
-    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as s:
-        s.settimeout(3)
-        r = call(s, 18, 0, 1, b"")                     # ApiVersions v0
-        err, n = struct.unpack(">hi", r[:6])
-        if err:
-            sys.exit(2)
-        ranges = {}
-        for i in range(n):
-            k, lo, hi = struct.unpack(">hhh", r[6 + 6 * i:12 + 6 * i])
-            ranges[k] = (lo, hi)
-        lo, hi = ranges.get(3, (99, -1))                # Metadata, non-flexible v1..v8
-        v = min(hi, 8)
-        if v < max(lo, 1):
-            sys.exit(3)
-        body = struct.pack(">i", 0)                     # no topics: broker list only
-        if v >= 4:
-            body += b"\x00"                             # allow_auto_topic_creation
-        if v >= 8:
-            body += b"\x00\x00"                         # include_*_authorized_operations
-        r = call(s, 3, v, 2, body)
-        off = 4 if v >= 3 else 0                        # throttle_time_ms from v3
-        sys.exit(0 if struct.unpack(">i", r[off:off + 4])[0] > 0 else 4)
-except Exception:
-    sys.exit(1)
-PY
-}
 
 # Prints the pid of the broker that `up` started, if it is still alive; clears a stale pid file.
 kafka_pid() {
@@ -133,44 +55,6 @@ kafka_pid() {
     else
         rm -f "$K_PID"
     fi
-}
-
-kafka_fetch() {
-    local want tmp t0
-    want="$KAFKA_VERSION $(sha256sum "$K_SRC/pom.xml" | cut -c1-16)"
-    if [[ -f "$K_STAMP" && "$(<"$K_STAMP")" == "$want" ]]; then
-        return 0
-    fi
-    command -v mvn >/dev/null || die "kafka: mvn not found (needed once to fetch the broker jars)"
-    say "kafka: fetching jars for $KAFKA_VERSION (maven) ..."
-    t0=$(now_ms)
-    tmp="$K_DIR/libs.tmp"
-    rm -rf "$tmp"
-    mkdir -p "$K_DIR"
-    if ! mvn -f "$K_SRC/pom.xml" -B -q \
-        -Dkafka.version="$KAFKA_VERSION" \
-        -Dkafka.build.dir="$K_DIR/target" \
-        -DincludeScope=runtime \
-        -DoutputDirectory="$tmp" \
-        dependency:copy-dependencies >"$K_DIR/fetch.log" 2>&1; then
-        tail -n 30 "$K_DIR/fetch.log" >&2
-        die "kafka: maven could not fetch kafka_2.13:$KAFKA_VERSION (full output: $K_DIR/fetch.log)"
-    fi
-    rm -rf "$K_LIBS" "$K_DIR/target"
-    mv "$tmp" "$K_LIBS"
-    printf '%s\n' "$want" >"$K_STAMP"
-    say "kafka: $(find "$K_LIBS" -name '*.jar' | wc -l) jars in .local/kafka/libs ($(since "$t0"))"
-}
-
-# The JVM command line, as the distribution's kafka-run-class.sh would build it.
-kafka_java_cmd() {
-    local -a heap
-    read -r -a heap <<<"$KAFKA_HEAP_OPTS"
-    KAFKA_JAVA_CMD=("$JAVA" "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
-        -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent
-        -Djava.awt.headless=true
-        -Dlog4j2.configurationFile="$K_SRC/log4j2.yaml"
-        -cp "$K_LIBS/*")
 }
 
 # Starts our broker in the background (does not wait for it). Sets KAFKA_STARTED=1 when it did.
@@ -186,7 +70,7 @@ kafka_start() {
         if [[ "$running" != "$KAFKA_VERSION" ]]; then
             say "kafka: note: running broker is $running, requested $KAFKA_VERSION (run down, then up)"
         fi
-        if kafka_probe; then
+        if kafka_probe "$KAFKA_HOST" "$KAFKA_PORT"; then
             say "kafka: already running (pid $pid) on $KAFKA_HOST:$KAFKA_PORT"
         else
             say "kafka: pid $pid is still starting ..."
@@ -195,7 +79,7 @@ kafka_start() {
         return 0
     fi
     if port_open "$KAFKA_HOST" "$KAFKA_PORT"; then
-        if kafka_probe; then
+        if kafka_probe "$KAFKA_HOST" "$KAFKA_PORT"; then
             say "kafka: a broker not started by this script answers on $KAFKA_HOST:$KAFKA_PORT; using it"
             return 0
         fi
@@ -212,17 +96,10 @@ kafka_start() {
 
     if [[ ! -f "$K_DATA/meta.properties" ]]; then
         if [[ ! -s "$K_CLUSTER_ID" ]]; then
-            # Same shape as Kafka's Uuid.randomUuid(): 16 random bytes, base64url, no padding,
-            # never starting with '-'.
-            python3 -c 'import base64, uuid
-while True:
-    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    if not s.startswith("-"):
-        print(s)
-        break' >"$K_CLUSTER_ID"
+            kafka_new_uuid >"$K_CLUSTER_ID"
         fi
         say "kafka: formatting storage (cluster id $(<"$K_CLUSTER_ID")) ..."
-        kafka_java_cmd
+        kafka_java_cmd "$KAFKA_HEAP_OPTS"
         if ! "${KAFKA_JAVA_CMD[@]}" kafka.tools.StorageTool format -t "$(<"$K_CLUSTER_ID")" -c "$K_CONF" \
             --standalone >"$K_DIR/format.log" 2>&1; then
             cat "$K_DIR/format.log" >&2
@@ -232,7 +109,7 @@ while True:
 
     [[ -f "$K_LOG" ]] && mv -f "$K_LOG" "$K_LOG.1"
     say "kafka: starting $KAFKA_VERSION on $KAFKA_HOST:$KAFKA_PORT (controller $KAFKA_HOST:$KAFKA_CONTROLLER_PORT) ..."
-    kafka_java_cmd
+    kafka_java_cmd "$KAFKA_HEAP_OPTS"
     # Not a process-group leader here, so setsid execs in place and $! is the JVM's pid.
     # fd 9 (the stack.sh lock) must not leak into the long-lived broker.
     nohup setsid "${KAFKA_JAVA_CMD[@]}" kafka.Kafka "$K_CONF" >"$K_LOG" 2>&1 </dev/null 9>&- &
@@ -252,7 +129,7 @@ kafka_wait() {
             tail -n 40 "$K_LOG" >&2 || true
             die "kafka: the broker exited during startup (log: $K_LOG)"
         fi
-        if kafka_probe; then
+        if kafka_probe "$KAFKA_HOST" "$KAFKA_PORT"; then
             say "kafka: ready on $KAFKA_HOST:$KAFKA_PORT ($(since "$KAFKA_T0"))"
             return 0
         fi
@@ -265,7 +142,7 @@ kafka_wait() {
 }
 
 kafka_stop() {
-    local pid t0 i
+    local pid t0
     pid=$(kafka_pid)
     if [[ -z "$pid" ]]; then
         say "kafka: not running (nothing of ours to stop)"
@@ -273,16 +150,7 @@ kafka_stop() {
     fi
     t0=$(now_ms)
     say "kafka: stopping pid $pid ..."
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 600; i++)); do  # controlled shutdown, up to 60 s
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        say "kafka: pid $pid ignored SIGTERM for 60s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
-    fi
+    kafka_stop_pid kafka "$pid"
     rm -f "$K_PID" "$K_RUNNING_VERSION"
     say "kafka: stopped ($(since "$t0"))"
 }
@@ -291,7 +159,7 @@ kafka_status() {
     local pid
     pid=$(kafka_pid)
     if [[ -n "$pid" ]]; then
-        if kafka_probe; then
+        if kafka_probe "$KAFKA_HOST" "$KAFKA_PORT"; then
             say "kafka: running (ours, pid $pid, Kafka $(cat "$K_RUNNING_VERSION" 2>/dev/null || echo '?')) on $KAFKA_HOST:$KAFKA_PORT"
         else
             say "kafka: starting or unhealthy (ours, pid $pid) - not answering on $KAFKA_HOST:$KAFKA_PORT yet"

@@ -19,6 +19,8 @@ import aiohttp
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.service import run_service
 from consumer.settings import Settings
@@ -227,3 +229,36 @@ def by_event(outcomes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for doc in outcomes:
         grouped[doc["event_id"]].append(doc)
     return grouped
+
+
+TOPIC_CONFIG_SOURCE = 1  # DescribeConfigs: the value is set on the topic itself
+
+
+async def topic_configs(bootstrap: str, topic: str) -> dict[str, tuple[str, bool]]:
+    """The topic's configuration: name -> (value, whether it is set on the topic itself
+    rather than inherited from the broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    [resource] = response.to_object()["resources"]
+    return {
+        entry["config_names"]: (
+            entry["config_value"],
+            entry["config_source"] == TOPIC_CONFIG_SOURCE,
+        )
+        for entry in resource["config_entries"]
+    }
+
+
+async def replication_factors(bootstrap: str, topic: str) -> set[int]:
+    """The replica counts of the topic's partitions (one value when they all agree)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {len(p["replicas"]) for p in described["partitions"]}

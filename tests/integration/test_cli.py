@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import uuid
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,44 @@ async def test_a_database_that_does_not_exist_is_a_bad_setting() -> None:
     assert code == 2
     assert "bad setting DATABASE_URL" in err
     assert "no_such_database_here" in err
+
+
+async def test_more_replicas_than_the_cluster_has_brokers_stops_start_up_with_one_line(
+    kafka_bootstrap: str,
+) -> None:
+    """TOPIC_REPLICATION_FACTOR=3 against the one-broker stack: exit status 2 and exactly one
+    line on stderr naming the setting and the cluster; no topic is created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
+    if brokers >= 3:
+        pytest.skip(f"KAFKA_BOOTSTRAP_SERVERS={kafka_bootstrap} has {brokers} brokers, not one")
+    suffix = uuid.uuid4().hex
+    topics = [f"test-cli-rf-{name}-{suffix}" for name in ("events", "outcomes", "dlq")]
+    code, _, err = await run_cli(
+        "run",
+        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        TOPIC_REPLICATION_FACTOR="3",
+        HTTP_PORT="0",
+        LOG_LEVEL="error",
+        EXAM_EVENTS_TOPIC=topics[0],
+        OUTCOMES_TOPIC=topics[1],
+        DEAD_LETTER_TOPIC=topics[2],
+    )
+    assert code == 2, err
+    assert err.count("\n") == 1, err
+    noun = "broker" if brokers == 1 else "brokers"
+    assert err.startswith("itep-webhooks: bad setting TOPIC_REPLICATION_FACTOR: "), err
+    assert err.rstrip("\n").endswith(f"the cluster at {kafka_bootstrap} has {brokers} {noun}")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert not set(topics) & set(await admin.list_topics())
+    finally:
+        await admin.close()
 
 
 async def test_migrate_applies_then_finds_nothing_to_do(empty_database_url: str) -> None:

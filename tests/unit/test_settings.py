@@ -102,6 +102,9 @@ def test_false_spellings(text: str) -> None:
         ("BREAKER_COOLDOWN", "soon"),
         ("SCHEDULE_POLL_INTERVAL", "0ms"),
         ("SCHEDULE_LEASE", "500ms"),
+        ("KAFKA_METADATA_MAX_AGE", "0s"),
+        ("KAFKA_METADATA_MAX_AGE", "300000"),
+        ("TOPIC_REPLICATION_FACTOR", "0"),
     ],
 )
 def test_bad_setting_raises_config_error_naming_it(name: str, value: str) -> None:
@@ -160,6 +163,22 @@ def test_the_breaker_and_schedule_defaults() -> None:
     assert (settings.breaker_failure_ratio, settings.breaker_min_attempts) == (0.7, 10)
     assert (settings.breaker_window, settings.breaker_cooldown) == (60.0, 30.0)
     assert (settings.schedule_poll_interval, settings.schedule_lease) == (1.0, 30.0)
+
+
+def test_cluster_settings() -> None:
+    """A list of brokers, the replication factor and the metadata age for a cluster."""
+    assert Settings.from_env({}).kafka_metadata_max_age == 300.0
+    assert Settings.from_env({}).topic_replication_factor == 1
+    settings = Settings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094",
+            "TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_METADATA_MAX_AGE": "30s",
+        }
+    )
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+    assert settings.topic_replication_factor == 3
+    assert settings.kafka_metadata_max_age == 30.0
 
 
 @pytest.mark.parametrize(
