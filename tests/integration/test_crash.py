@@ -160,14 +160,17 @@ async def test_a_rebalance_and_a_clean_stop_send_no_webhook_twice(stack: Stack) 
         return web.Response(text="ok")
 
     receiver = await Receiver(respond=respond).start()
+    services: list[ServiceProcess] = []
     try:
         await add_tracking_code(stack.database_url, "HAND", receiver.url)
         await publish(stack.bootstrap, stack.events_topic, events)
         first = await ServiceProcess.start(stack)
+        services.append(first)
         fast = len(events) - len(slow)
         await receiver.wait_for(fast, timeout=60)
         assert len(receiver.requests) < len(events), "the slow tests' events are still queued"
         second = await ServiceProcess.start(stack)  # the group rebalances
+        services.append(second)
         await second.ready()
         await asyncio.sleep(1.0)
         assert await first.stop() == 0  # what it holds goes to the second
@@ -175,6 +178,10 @@ async def test_a_rebalance_and_a_clean_stop_send_no_webhook_twice(stack: Stack) 
             await outcomes.until(lambda records: ids <= set(finals(records)), timeout=120)
         assert await second.stop() == 0
     finally:
+        for service in services:
+            if service.process.returncode is None:
+                service.process.kill()
+                await service.process.wait()
         await receiver.stop()
     webhooks = Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert set(webhooks) == ids
