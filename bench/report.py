@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.machine import Machine
 from bench.plan import Plan
 from bench.results import Results
+from bench.stack import ROOT, SERVICE_ROOT
 from bench.window import Window
 from consumer.settings import Settings
 
@@ -174,6 +175,8 @@ def render(
         f" each signed, each on its own receiver port; {plan.events:,} events over"
         f" {plan.tests:,} test ids in scenarios 2 and 3.",
     ]
+    if SERVICE_ROOT != ROOT:
+        lines.append(f"Service code: the checkout at `{SERVICE_ROOT}` (BENCH_SERVICE_CHECKOUT).")
     for block in (throughput_lines(results), latency_lines(results), backlog_lines(results)):
         if block:
             lines += ["", *block]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import signal
 import socket
@@ -30,6 +31,19 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench.procs import ProcessTree
 
 ROOT: Final = Path(__file__).resolve().parent.parent
+# BENCH_SERVICE_CHECKOUT=<dir>: run the service from another checkout (a `git worktree` of
+# an older commit, say) to compare two versions with the same benchmark. Only the service:
+# the receivers, the reference relays and the benchmark stay this checkout's.
+SERVICE_ROOT: Final = Path(os.environ.get("BENCH_SERVICE_CHECKOUT") or ROOT).resolve()
+
+
+def service_env(module: str) -> dict[str, str]:
+    """What a process of ``module`` needs to run the service's code from ``SERVICE_ROOT``."""
+    if module != "consumer" or SERVICE_ROOT == ROOT:
+        return {}
+    return {"PYTHONPATH": str(SERVICE_ROOT)}
+
+
 LOG_DIR: Final = ROOT / ".local" / "bench"
 PARTITIONS: Final = 6
 # A fixed key of the benchmark's own codes, so that signatures are computed as for any
@@ -38,10 +52,27 @@ SIGNING_SECRET: Final = "whsec_YmVuY2gtc2VjcmV0LWtleS0xMjM0NTY3OA=="  # noqa: S1
 _CONSUMED: Final = re.compile(rb"^itep_events_consumed_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the ephemeral range. A port the kernel hands out for
+    ``bind(0)`` is an ephemeral one, and the thousands of client connections of a run take
+    ephemeral ports too: one of them can hold the port before the receiver binds it."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low)  # noqa: S311 - a port, not a secret
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
 
 
 def new_run_id() -> str:
@@ -158,8 +189,8 @@ class RelayProcess:
                     "-m",
                     command.module,
                     *command.args,
-                    env={**os.environ, **command.env},
-                    cwd=ROOT,
+                    env={**os.environ, **command.env, **service_env(command.module)},
+                    cwd=SERVICE_ROOT if command.module == "consumer" else ROOT,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
@@ -210,7 +241,8 @@ async def processes_flag_supported() -> bool:
         "consumer",
         "run",
         "--help",
-        cwd=ROOT,
+        env={**os.environ, **service_env("consumer")},
+        cwd=SERVICE_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

@@ -281,6 +281,9 @@ def _cefr(value: object, path: str, field: str = "") -> str:
     return value
 
 
+_SECTION_PATHS: Final = {name: f"results.sections.{name}" for name in SECTION_NAMES}
+
+
 def _results(raw: Mapping[str, Any]) -> Results:
     url = raw.get("score_report_url")
     if not isinstance(url, str):
@@ -297,9 +300,12 @@ def _results(raw: Mapping[str, Any]) -> Results:
         raise InvalidEvent("results.sections", "must be an object")
     sections: dict[str, SectionResult] = {}
     for name, section in raw_sections.items():
-        path = f"results.sections.{name}"
-        if name not in SECTION_NAMES:
-            raise InvalidEvent(path, f"is not a section; sections are {', '.join(SECTION_NAMES)}")
+        path = _SECTION_PATHS.get(name)
+        if path is None:
+            raise InvalidEvent(
+                f"results.sections.{name}",
+                f"is not a section; sections are {', '.join(SECTION_NAMES)}",
+            )
         if not isinstance(section, dict):
             raise InvalidEvent(path, "must be an object")
         question_count = None

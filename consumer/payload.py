@@ -54,20 +54,28 @@ def build_data(event: ExamEvent) -> dict[str, Scalar]:
     data["score_report_url"] = results.score_report_url
     data["Overall_Level"] = results.overall_level
     data["Overall_cefr"] = results.overall_cefr
-    for name, title in SECTION_TITLES.items():
+    for name, (level, score, percent, cefr) in _SECTION_KEYS.items():
         section = results.sections.get(name)
         if section is None:
             continue
-        data[f"{title}_Level"] = section.level
-        data[f"{title}_Score"] = section.score
-        data[f"{title}_Percent"] = section.percent
-        data[f"{title}_cefr"] = section.cefr
+        data[level] = section.level
+        data[score] = section.score
+        data[percent] = section.percent
+        data[cefr] = section.cefr
         if name == "writing":
             data["Writing_Question_Count"] = section.question_count or 0
-            for n in (1, 2):
-                data[f"Writing_Question_{n}"] = ""
-                data[f"Writing_Answer_{n}"] = ""
+            data.update(_WRITING_BLANKS)
     return data
+
+
+# Each section's four keys, in the document's order, spelled once.
+_SECTION_KEYS: Final = {
+    name: (f"{title}_Level", f"{title}_Score", f"{title}_Percent", f"{title}_cefr")
+    for name, title in SECTION_TITLES.items()
+}
+_WRITING_BLANKS: Final = {
+    key: "" for n in (1, 2) for key in (f"Writing_Question_{n}", f"Writing_Answer_{n}")
+}
 
 
 def encode_data(event: ExamEvent) -> str:
