@@ -19,6 +19,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import uvloop
@@ -26,7 +27,7 @@ import uvloop
 from bench import report
 from bench.context import Context
 from bench.machine import describe_machine
-from bench.plan import FULL, QUICK
+from bench.plan import FULL, QUICK, Plan
 from bench.scenarios import backlog, fast, latency, limit, scaling, slow
 from bench.stack import LOG_DIR, ROOT, Kafka, processes_flag_supported
 from bench.workload import service_log_level
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--events", type=int, help="events in scenarios 2 and 3")
     parser.add_argument(
+        "--backlogs", help="comma-separated backlog sizes of scenario 5 (e.g. 1000000)"
+    )
+    parser.add_argument(
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -58,10 +62,17 @@ def _command(args: argparse.Namespace) -> str:
     return f"`{via}` (`{direct}`)" if via else f"`{direct}`"
 
 
-async def _run(args: argparse.Namespace, chosen: list[str]) -> int:
+def _plan(args: argparse.Namespace) -> Plan:
     plan = QUICK if args.quick else FULL
     if args.events:
         plan = plan.with_events(args.events)
+    if args.backlogs:
+        plan = replace(plan, backlogs=tuple(int(size) for size in args.backlogs.split(",")))
+    return plan
+
+
+async def _run(args: argparse.Namespace, chosen: list[str]) -> int:
+    plan = _plan(args)
     settings = Settings.from_env(os.environ)
     started_at = datetime.now(UTC)
     log_dir = LOG_DIR / started_at.strftime("%Y%m%d-%H%M%S")
@@ -135,7 +146,7 @@ async def _run(args: argparse.Namespace, chosen: list[str]) -> int:
         log_level=service_log_level(),
     )
     print("\n" + text)
-    complete = args.only is None and args.events is None and not failed
+    complete = args.only is None and args.events is None and not args.backlogs and not failed
     if args.write or (args.write is None and complete):
         path = ROOT / "BENCHMARKS.md"
         report.write_section(path, args.quick, text)
