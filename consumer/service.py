@@ -97,8 +97,12 @@ async def run_service(
 
 
 # Young-generation collections every 10,000 allocations instead of 700: each event
-# allocates a few hundred short-lived objects, nearly all freed by reference counting.
+# allocates a few hundred short-lived objects, nearly all freed by reference counting. The
+# older generations every 2 younger ones instead of 10: the cycles of requests still in
+# flight at a young collection die soon after, and waiting 10 collections for them held
+# 36 MiB more with slow receivers (bench, backlog scenario), for no CPU gained.
 GC_THRESHOLD_YOUNG = 10_000
+GC_THRESHOLD_OLDER = 2
 
 
 def _settle_garbage_collector() -> None:
@@ -107,8 +111,7 @@ def _settle_garbage_collector() -> None:
     long-lived objects again and again while events stream through."""
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(GC_THRESHOLD_YOUNG, older, oldest)
+    gc.set_threshold(GC_THRESHOLD_YOUNG, GC_THRESHOLD_OLDER, GC_THRESHOLD_OLDER)
 
 
 async def _stop_runner(stop: asyncio.Event, runner: ScheduleRunner, drain_timeout: float) -> None:
