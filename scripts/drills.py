@@ -12,6 +12,9 @@ verdict per check, and writes the results into RELIABILITY.md.
     python scripts/drills.py --only crash        one drill (repeatable, or comma-separated)
     python scripts/drills.py --list              the drills and what each does
 
+The `cluster-*` drills (scripts/drills_cluster.py) need the three-broker cluster of
+`make cluster-up`; when it is not up they are skipped with one line each.
+
 Exit status 0 when every check of every drill run passed, 1 otherwise.
 """
 
@@ -43,6 +46,7 @@ import asyncpg
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from drills_cluster import CLUSTER_DRILLS, cluster_environment, cluster_unavailable
 from drills_lib import (
     ROOT,
     WORK_DIR,
@@ -153,6 +157,7 @@ class Drill:
     quick: str
     bound: float  # seconds: the whole drill is cancelled after this
     run: DrillFn
+    cluster: bool = False  # needs the three-broker cluster of `make cluster-up`
 
 
 def pct(part: float, whole: float) -> str:
@@ -1682,6 +1687,8 @@ DRILLS: list[Drill] = [
         900,
         drill_instances,
     ),
+    # scripts/drills_cluster.py: on the local three-broker cluster, skipped when it is down.
+    *(Drill(*spec, cluster=True) for spec in CLUSTER_DRILLS),
 ]
 
 
@@ -1740,9 +1747,10 @@ receivers in a separate process (`scripts/drills_lib.py receiver`, aiohttp, one 
 endpoint, all on 127.0.0.1), publishes with `producers.publisher.EventPublisher` to topics of
 its own (6 partitions), uses its own consumer group and a fresh database `drill_<uuid>`
 (migrated, dropped afterwards), and reads the outcome topic and what the receivers recorded.
-It prints the figures and a verdict per check, rewrites the generated parts of this file (the
-blocks between `<!-- drills:... -->` markers; the rest is kept), and exits 1 if any check of
-a drill that ran failed.
+make drills                                   # every drill, full size (about 20 minutes,
+                                              # 15 more with the cluster up)
+make drills DRILLS_ARGS=--quick               # a smaller version of each (sizes per drill)
+make drills DRILLS_ARGS='--only cluster-broker-loss,cluster-scaling'
 
 ```sh
 make drills                                   # every drill, full size (about 20 minutes)
@@ -1956,12 +1964,27 @@ async def main(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
     logs = WORK_DIR / started.strftime("%Y%m%d-%H%M%S")
     env = environment(admin_dsn)
+    skipped: list[tuple[str, str]] = []
+    if any(d.cluster for d in chosen):
+        reason = await cluster_unavailable()
+        if reason:
+            skipped = [(d.name, reason) for d in chosen if d.cluster]
+            chosen = [d for d in chosen if not d.cluster]
+        else:
+            env.append(("Kafka cluster", cluster_environment()))
+    if not chosen:
+        for name, reason in skipped:
+            print(f"drills: {name}: skipped: {reason}")
+        print("drills: nothing to run; RELIABILITY.md left as it is")
+        return 0
     env.append(("Postgres", await postgres_version(admin_dsn)))
     command = " ".join(["python scripts/drills.py", *sys.argv[1:]]).strip()
     print(f"itep-webhooks reliability drills, {started:%Y-%m-%d %H:%M} UTC: {command}")
     for k, v in env:
         print(f"  {k}: {v}")
     print(f"  load average: {load()}; logs in {logs.relative_to(ROOT)}")
+    for name, reason in skipped:
+        print(f"  {name}: skipped: {reason}", flush=True)
     receiver = ReceiverClient(logs / "receiver.log")
     await receiver.start()
     ctx = Ctx(args.quick, bootstrap, admin_dsn, receiver, logs)
@@ -1973,7 +1996,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await receiver.stop()
     seconds = time.monotonic() - t0
-    if not args.no_report:
+    if not args.no_report and results:
         write_report(results, env, command, started, seconds)
     print(f"\nverdicts ({seconds / 60:.1f} minutes):")
     for result in results:
@@ -1981,7 +2004,9 @@ async def main(args: argparse.Namespace) -> int:
         print(
             f"  {result.name}: {'PASS' if result.passed else 'FAIL'}{' - ' + '; '.join(failed) if failed else ''}"
         )
-    if not args.no_report:
+    for name, reason in skipped:
+        print(f"  {name}: SKIPPED - {reason}")
+    if not args.no_report and results:
         print(f"results written to {REPORT.relative_to(ROOT)}")
     return 0 if all(r.passed for r in results) else 1
 

@@ -47,6 +47,8 @@ from aiokafka.errors import KafkaError
 
 from consumer.admin.migrate import apply_migrations
 from consumer.events import Results, SectionResult
+from consumer.publisher import MAX_RECORD_BYTES
+from consumer.topics import ensure_topics
 from producers.builder import ExamEventMessage
 from producers.publisher import Delivery, EventPublisher
 
@@ -436,7 +438,12 @@ class DrillStack:
         admin_dsn: str,
         *,
         topic_configs: Mapping[str, str] | None = None,
+        replication: int = 1,
     ) -> DrillStack:
+        """``replication`` above 1 (the cluster drills): the topics are created by the
+        service's own start-up code (``consumer.topics.ensure_topics``), with that many
+        replicas, ``min.insync.replicas`` min(2, replication) and the dead-letter topic's
+        16 MiB record limit, exactly as ``TOPIC_REPLICATION_FACTOR`` would have them."""
         run = f"{label}-{uuid.uuid4().hex[:8]}"
         database = f"drill_{uuid.uuid4().hex}"
         stack = cls(
@@ -450,17 +457,30 @@ class DrillStack:
             dlq_topic=f"drill-{run}-dlq",
             group=f"drill-{run}",
         )
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics(
-                [
-                    NewTopic(t, PARTITIONS, 1, topic_configs=dict(topic_configs or {}))
+        if replication > 1:
+            await ensure_topics(
+                bootstrap,
+                stack.topics,
+                PARTITIONS,
+                replication,
+                {
+                    t: dict(topic_configs or {})
+                    | ({"max.message.bytes": str(MAX_RECORD_BYTES)} if t == stack.dlq_topic else {})
                     for t in stack.topics
-                ]
+                },
             )
-        finally:
-            await admin.close()
+        else:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(t, PARTITIONS, 1, topic_configs=dict(topic_configs or {}))
+                        for t in stack.topics
+                    ]
+                )
+            finally:
+                await admin.close()
         conn = await asyncpg.connect(admin_dsn)
         try:
             await conn.execute(f'CREATE DATABASE "{database}"')
