@@ -234,7 +234,8 @@ class RelayProcess:
 
 
 async def processes_flag_supported() -> bool:
-    """Whether ``python -m consumer run`` takes ``--processes N`` (another change adds it)."""
+    """Whether ``python -m consumer run`` takes ``--processes N`` (a checkout older than the
+    flag, under BENCH_SERVICE_CHECKOUT, does not)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
