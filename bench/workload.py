@@ -121,6 +121,20 @@ class Workload:
         relay = RelayProcess("service", commands, self._log("service"))
         return RelayRun(relay, group, "commits", outcomes)
 
+    async def drain_with_service(
+        self,
+        events: int,
+        cap: float,
+        env: dict[str, str] | None = None,
+        *,
+        processes: int = 1,
+    ) -> tuple[Window, str]:
+        """The service over the ``events`` published: its window, and the note on any
+        outcome other than one ``delivered`` per event."""
+        relay = await self.service(env, processes=processes)
+        window = await self.run(relay, cap=cap)
+        return window, outcome_note(await self.outcome_counts(relay), events)
+
     def naive(self) -> RelayRun:
         group = f"bench-{self.run_id}-{self._relays + 1}-naive"
         command = Command("bench.naive", ("--topic", self.topic, "--group", group), {})

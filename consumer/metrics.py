@@ -31,10 +31,7 @@ class Metrics:
             ["tracking_code", "result"],
             registry=r,
         )
-        self._endpoint_attempts: dict[tuple[str, str], Counter] = {}
-        self._events: dict[str, Counter] = {}
-        self._attempts: dict[str, Counter] = {}
-        self._outcomes: dict[tuple[str, str], Counter] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
         self.latency = Histogram(
             "itep_webhook_latency_seconds",
             "Latency of webhook POSTs",
@@ -112,33 +109,23 @@ class Metrics:
             registry=r,
         )
 
-    def event(self, decision: str) -> Counter:
-        """``events`` for one decision, its label child cached (counted on every event)."""
-        child = self._events.get(decision)
+    def _child(self, counter: Counter, *values: str) -> Counter:
+        """``counter.labels(*values)``, kept: the counters below are counted on every event
+        or POST, and a label lookup takes a lock and builds a key each time."""
+        key = (id(counter), values)  # the counters are this object's, alive as long as it
+        child = self._children.get(key)
         if child is None:
-            child = self._events[decision] = self.events.labels(decision)
+            child = self._children[key] = counter.labels(*values)
         return child
+
+    def event(self, decision: str) -> Counter:
+        return self._child(self.events, decision)
 
     def attempt(self, result: str) -> Counter:
-        """``attempts`` for one result, its label child cached (counted on every POST)."""
-        child = self._attempts.get(result)
-        if child is None:
-            child = self._attempts[result] = self.attempts.labels(result)
-        return child
+        return self._child(self.attempts, result)
 
     def outcome(self, outcome: str, reason: str) -> Counter:
-        """``outcomes`` for one outcome and reason, its label child cached."""
-        key = (outcome, reason)
-        child = self._outcomes.get(key)
-        if child is None:
-            child = self._outcomes[key] = self.outcomes.labels(*key)
-        return child
+        return self._child(self.outcomes, outcome, reason)
 
     def endpoint_attempt(self, tracking_code: str, result: str) -> Counter:
-        """The attempt counter of one tracking code and result, its label child cached: it
-        is counted on every POST."""
-        key = (tracking_code, result)
-        child = self._endpoint_attempts.get(key)
-        if child is None:
-            child = self._endpoint_attempts[key] = self.endpoint_attempts.labels(*key)
-        return child
+        return self._child(self.endpoint_attempts, tracking_code, result)

@@ -104,8 +104,17 @@ def encode_form(data_json: str, extra_fields: Mapping[str, str]) -> bytes:
     ``+``, ``&``, ``%`` and ``=`` are percent-encoded and text is UTF-8, so PHP's
     ``$_POST['data']`` gets the JSON back byte for byte.
     """
-    fields = [("data", data_json), *((k, v) for k, v in extra_fields.items() if k != "data")]
-    return "&".join(f"{form_quote(k)}={form_quote(v)}" for k, v in fields).encode("ascii")
+    return _form(form_quote(data_json), extra_fields)
+
+
+def _form(quoted_data_json: str, extra_fields: Mapping[str, str]) -> bytes:
+    """``data=`` and the already encoded JSON, then the extra fields (never another ``data``)."""
+    extra = "".join(
+        f"&{form_quote(key)}={form_quote(value)}"
+        for key, value in extra_fields.items()
+        if key != "data"
+    )
+    return f"data={quoted_data_json}{extra}".encode("ascii")
 
 
 # The form encoding of ``"<key>":`` for each key of the data dict (a few dozen names).
@@ -158,8 +167,4 @@ def _quoted_value(value: Scalar) -> str:
 
 def form_body(data: Mapping[str, Scalar], extra_fields: Mapping[str, str]) -> bytes:
     """``encode_form(orjson.dumps(data).decode(), extra_fields)``, the faster way."""
-    body = "data=" + quoted_data(data)
-    for key, value in extra_fields.items():
-        if key != "data":
-            body += f"&{form_quote(key)}={form_quote(value)}"
-    return body.encode("ascii")
+    return _form(quoted_data(data), extra_fields)

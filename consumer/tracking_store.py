@@ -29,6 +29,7 @@ import orjson
 import structlog
 
 from consumer.errors import InvalidTrackingCode, StoreUnavailable
+from consumer.postgres import UNAVAILABLE
 from consumer.tracking_codes import AuthMethod, TrackingCode, validate_tracking_code
 
 _SELECT_BY_CODES: Final = """
@@ -38,16 +39,6 @@ FROM tracking_codes
 WHERE code = ANY($1::text[])
 """
 
-# What "Postgres cannot answer right now" looks like: a refused or dropped connection, a
-# timeout, a server error (shutting down, too many connections, the table not migrated yet).
-# InternalClientError covers asyncpg's ProtocolError, seen when a server goes away mid-reply.
-_UNAVAILABLE: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
 
 log = structlog.get_logger()
 
@@ -207,7 +198,7 @@ class TrackingCodeStore:
             fetched_at = self._clock()
             try:
                 found = await self._fetch(codes)
-            except _UNAVAILABLE as exc:
+            except UNAVAILABLE as exc:
                 self._note_unavailable(exc)
                 self._serve_stale(codes)
                 await asyncio.sleep(delay)

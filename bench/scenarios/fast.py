@@ -14,7 +14,7 @@ import importlib.util
 
 from bench.context import Context
 from bench.results import Throughput
-from bench.workload import Workload, outcome_note
+from bench.workload import Workload
 
 
 async def run(ctx: Context, *, service: bool, faststream: bool, naive: bool) -> None:
@@ -23,9 +23,7 @@ async def run(ctx: Context, *, service: bool, faststream: bool, naive: bool) -> 
     async with Workload(ctx, "fast", delay=0.0) as work:
         await work.publish(plan.events)
         if service:
-            relay = await work.service()
-            window = await work.run(relay, cap=plan.drain_cap)
-            note = outcome_note(await work.outcome_counts(relay), plan.events)
+            window, note = await work.drain_with_service(plan.events, plan.drain_cap)
             results.throughput.append(
                 Throughput("2 fast", "service", plan.events, window, limit, "limit", note)
             )

@@ -21,7 +21,7 @@ import math
 from bench.context import Context
 from bench.results import Throughput
 from bench.scenarios.slow import reference
-from bench.workload import Workload, outcome_note
+from bench.workload import Workload
 
 MIN_EVENTS = 2_000
 
@@ -49,9 +49,9 @@ async def run(ctx: Context) -> None:
         events = max(MIN_EVENTS, round(min(ref, expected) * plan.scaling_seconds))
         async with Workload(ctx, f"inflight{in_flight}", delay=plan.slow_delay) as work:
             await work.publish(events)
-            relay = await work.service(env)
-            window = await work.run(relay, cap=3 * plan.scaling_seconds + 10)
-            counts = outcome_note(await work.outcome_counts(relay), events)
+            window, counts = await work.drain_with_service(
+                events, 3 * plan.scaling_seconds + 10, env
+            )
         results.throughput.append(
             Throughput(
                 "7 slow",
@@ -75,9 +75,7 @@ async def run(ctx: Context) -> None:
         events = plan.scaling_process_events
         async with Workload(ctx, f"processes{processes}", delay=0.0) as work:
             await work.publish(events)
-            relay = await work.service(processes=processes)
-            window = await work.run(relay, cap=300.0)
-            counts = outcome_note(await work.outcome_counts(relay), events)
+            window, counts = await work.drain_with_service(events, 300.0, processes=processes)
         note = "" if ctx.processes_flag or processes == 1 else "no --processes flag yet"
         results.throughput.append(
             Throughput(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bench.context import Context
 from bench.results import Throughput
-from bench.workload import Workload, outcome_note
+from bench.workload import Workload
 
 
 def reference(ctx: Context, in_flight: int, per_endpoint: int, per_host: int) -> tuple[float, str]:
@@ -35,9 +35,7 @@ async def run(ctx: Context, *, service: bool, naive: bool) -> None:
     async with Workload(ctx, "slow", delay=plan.slow_delay) as work:
         await work.publish(plan.events)
         if service:
-            relay = await work.service()
-            window = await work.run(relay, cap=plan.drain_cap)
-            note = outcome_note(await work.outcome_counts(relay), plan.events)
+            window, note = await work.drain_with_service(plan.events, plan.drain_cap)
             results.throughput.append(
                 Throughput("3 slow", "service", plan.events, window, ref, ref_name, note)
             )

@@ -42,7 +42,7 @@ from consumer.delivery.retry_policy import (
 )
 from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress
 from consumer.delivery.waiting_room import WaitingRoom
-from consumer.delivery.webhook import WebhookRequest, build_body, build_request, endpoint_host
+from consumer.delivery.webhook import WebhookRequest, build_body, build_request, endpoint_of
 from consumer.events import ExamEvent
 from consumer.metrics import Metrics
 from consumer.outcomes import Outcome, OutcomeRecord, event_outcome
@@ -265,7 +265,7 @@ class Deliverer:
             due = now + timedelta(seconds=delay)
             step += 1
         log.info("webhook_held", reason=reason, next_attempt_at=due.isoformat())
-        host = endpoint_host(code.endpoint_url)
+        host = endpoint_of(code).host
         progress = Progress(delivery.attempts, step, reason, endpoint_host=host)
         await self._to_schedule(delivery, code, progress, due)
         await self._publish(
@@ -274,7 +274,7 @@ class Deliverer:
             now,
             reason=reason,
             attempt=delivery.attempts,
-            endpoint_host=endpoint_host(code.endpoint_url),
+            endpoint_host=host,
             next_attempt_at=due,
         )
 

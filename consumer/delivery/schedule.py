@@ -28,21 +28,13 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from consumer.errors import StoreUnavailable
+from consumer.postgres import UNAVAILABLE
 
 log = structlog.get_logger(__name__)
 
 PENDING: Final = "pending"
 DEAD: Final = "dead"
 
-# What "Postgres cannot answer right now" looks like (the tracking store's list).
-# InternalClientError covers asyncpg's ProtocolError, seen when a server goes away mid-reply.
-_UNAVAILABLE: Final = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
 
 # What no retry can fix: a value or a row the database refuses (a bug, not an outage).
 _REFUSED: Final = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -514,7 +506,7 @@ class ScheduleStore:
         try:
             async with asyncio.timeout(self._query_timeout), self._pool.acquire() as conn:
                 result = await query(conn)
-        except _UNAVAILABLE as exc:
+        except UNAVAILABLE as exc:
             self._note_unavailable("query", exc)
             raise StoreUnavailable(f"the schedule is unavailable ({type(exc).__name__})") from exc
         self._note_recovered()
@@ -531,7 +523,7 @@ class ScheduleStore:
                     result = await query(conn)
             except _REFUSED:
                 raise
-            except _UNAVAILABLE as exc:
+            except UNAVAILABLE as exc:
                 self._note_unavailable(what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max)

@@ -127,6 +127,17 @@ class ServiceProcess:
         return await asyncio.wait_for(self.process.wait(), timeout)
 
 
+async def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
+    """The group's committed offset per partition (of its one topic)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items()}
+
+
 async def publish(bootstrap: str, topic: str, events: list[Mapping[str, Any] | bytes]) -> None:
     """Publish event dicts (keyed by test_id) or raw bytes (no key), in order."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)

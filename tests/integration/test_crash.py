@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.factories import event_dict
 from tests.integration.harness import (
@@ -18,6 +17,7 @@ from tests.integration.harness import (
     Stack,
     TopicReader,
     add_tracking_code,
+    committed_offsets,
     publish,
 )
 from tests.receiver import Receiver
@@ -45,17 +45,6 @@ async def slower_ok(_request: web.Request, _n: int) -> web.StreamResponse:
     return web.Response(text="ok")
 
 
-async def committed_total(bootstrap: str, group: str) -> int:
-    """The sum over partitions of the group's committed offsets."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
-
-
 async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) -> None:
     """Kill -9 with hundreds in flight (one endpoint answering in 200 ms, so that most events
     wait for its share of slots), restart: every event ends with a final outcome and its
@@ -81,7 +70,9 @@ async def test_sigkill_mid_flight_loses_no_webhook(stack: Stack, capsys: Any) ->
         assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
         received_before_restart = len(receiver.requests)
         ids_before_restart = {r.headers["webhook-id"] for r in receiver.requests}
-        committed_before_restart = await committed_total(stack.bootstrap, stack.group)
+        committed_before_restart = sum(
+            o for o in (await committed_offsets(stack.bootstrap, stack.group)).values() if o > 0
+        )
         assert received_before_restart < total, "the crash came too late to prove anything"
         second = await ServiceProcess.start(stack)
         async with TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes:

@@ -17,7 +17,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.factories import event_dict
@@ -27,6 +26,7 @@ from tests.integration.harness import (
     Stack,
     TopicReader,
     add_tracking_code,
+    committed_offsets,
     final_for,
     free_port,
     publish,
@@ -156,16 +156,6 @@ def log_events(log: Path) -> list[dict[str, Any]]:
     return lines
 
 
-async def committed(bootstrap: str, group: str) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items()}
-
-
 async def test_two_workers_share_the_partitions_deliver_each_event_once_and_stop_clean(
     stack: Stack, group: Group, receiver: Receiver
 ) -> None:
@@ -218,7 +208,7 @@ async def test_two_workers_share_the_partitions_deliver_each_event_once_and_stop
         )
 
     assert await group.stop() == 0
-    offsets = await committed(stack.bootstrap, stack.group)
+    offsets = await committed_offsets(stack.bootstrap, stack.group)
     published = Counter(r.partition for r in await _records(stack))
     assert offsets == {p: published[p] for p in offsets}, "everything handled was committed"
     assert sum(offsets.values()) == 60

@@ -40,23 +40,7 @@ CONTRACT_KEYS = [
 
 
 def record(**changes: Any) -> OutcomeRecord:
-    values: dict[str, Any] = {
-        "event_id": "0b7f7c1e-5a0b-4c55-9f7a-1d2c3b4a5e6f",
-        "test_id": "50613490BP",
-        "oid": "crm-000042",
-        "tracking_code": "ACME-UNI",
-        "trigger": "completed",
-        "exam_status": "Complete",
-        "outcome": Outcome.DELIVERED,
-        "reason": None,
-        "attempt": 1,
-        "http_status": 200,
-        "latency_ms": 12.4,
-        "endpoint_host": "hooks.example.edu",
-        "event_occurred_at": "2026-11-25T16:02:11Z",
-        "recorded_at": "2026-11-25T16:02:11.087Z",
-        "next_attempt_at": None,
-    }
+    values: dict[str, Any] = {**CONTRACT_OUTCOME, "outcome": Outcome.DELIVERED}
     values.update(changes)
     return OutcomeRecord(**values)
 
