@@ -4,11 +4,15 @@ Work is spread over tasks, one per test id with events waiting ("runners"), so t
 webhooks go out in event order while different tests proceed at once. Each fetched record is
 tracked by partition and offset; an offset is committed only once every record below it is
 finished, that is its outcome (or dead-letter copy) acknowledged by the broker, or no
-outcome due. When ``MAX_IN_FLIGHT`` records are unfinished, the assigned partitions are
-paused while the poll loop keeps running. A slow record (an attempt waiting out a hanging
-endpoint) does not count against that bound for the records finished after it: only its own
-partition is paused, and only once ``MAX_UNCOMMITTED_PER_PARTITION`` records wait behind it
-to be committed.
+outcome due. A poll takes at most as many records as the ``MAX_IN_FLIGHT`` window has room
+for. When the window is full, the loop stops polling and waits for records to finish; it
+polls again as soon as a tenth of the window is free, from the records aiokafka has already
+fetched (pausing the partitions instead would make aiokafka drop those and fetch them
+again). Should the window stay full for ``KEEP_ALIVE_POLL`` seconds (an outage), one poll
+is made with every partition paused, so that the group never takes the consumer for dead.
+A slow record (an attempt waiting out a hanging endpoint) does not count against that bound
+for the records finished after it: only its own partition is paused, and only once
+``MAX_UNCOMMITTED_PER_PARTITION`` records wait behind it to be committed.
 
 A delivery that cannot be made at once (a failed attempt, a busy, paused or failing
 endpoint) is handed to the durable schedule, and its event counts finished: no runner waits
@@ -51,6 +55,10 @@ log = structlog.get_logger(__name__)
 
 COMMIT_TIMEOUT: Final = 10.0  # a commit that cannot reach the coordinator gives up this soon
 POLL_RETRY_DELAY: Final = 1.0
+# A full window waits this long for room before one poll with every partition paused: well
+# inside aiokafka's max_poll_interval_ms (300 s), after which the group drops the consumer.
+KEEP_ALIVE_POLL: Final = 30.0
+FULL_WAIT: Final = 0.1  # the loop wakes at least this often while the window is full
 
 
 class Record(Protocol):
@@ -102,7 +110,8 @@ class Pipeline:
         self._rejects: dict[asyncio.Task[None], TopicPartition] = {}
         self._progress = asyncio.Event()
         self._held_back: dict[TopicPartition, list[Record]] = {}
-        self._paused = False
+        self._paused = False  # the in-flight window is full: no polling until it has room
+        self._full_since = self._last_keep_alive = 0.0
         self._window_full: set[TopicPartition] = set()  # paused: too many records uncommitted
         self._commit_lock = asyncio.Lock()
 
@@ -121,8 +130,12 @@ class Pipeline:
         log.info("pipeline_started", topic=self.settings.exam_events_topic)
         try:
             while not stop.is_set():
-                batch = await self._poll(stopped, max_records)
-                self.last_poll = time.monotonic()
+                room = self._room()
+                if room:
+                    batch = await self._poll(stopped, min(max_records, room))
+                else:
+                    batch = await self._wait_for_room(stopped)
+                self.last_poll = time.monotonic()  # the loop's heartbeat, for /health
                 for tp, records in batch.items():
                     for record in records:
                         self._accept(tp, record)
@@ -268,21 +281,57 @@ class Pipeline:
 
     # -- flow control -----------------------------------------------------------------
 
+    def _room(self) -> int:
+        """How many records the next poll may take: none while the window is full, until a
+        tenth of it is free again."""
+        limit = self.settings.max_in_flight
+        in_flight = self.offsets.in_flight()
+        if not self._paused and in_flight >= limit:
+            self._window_filled(in_flight)
+        if self._paused:
+            if in_flight > limit - max(1, limit // 10):
+                return 0
+            self._paused = False
+            self.metrics.paused.set(0)
+            log.info(
+                "fetching_resumed",
+                in_flight=in_flight,
+                paused_for=round(time.monotonic() - self._full_since, 3),
+            )
+        return max(0, limit - in_flight)
+
     def _apply_backpressure(self) -> None:
         in_flight = self.offsets.in_flight()
         self.metrics.in_flight.set(in_flight)
-        assigned = list(self.consumer.assignment())
         if not self._paused and in_flight >= self.settings.max_in_flight:
-            self._paused = True
+            self._window_filled(in_flight)
+        self._hold_partitions(list(self.consumer.assignment()))
+
+    def _window_filled(self, in_flight: int) -> None:
+        self._paused = True
+        self._full_since = self._last_keep_alive = time.monotonic()
+        self.metrics.paused.set(1)
+        log.info("fetching_paused", in_flight=in_flight)
+
+    async def _wait_for_room(self, stopped: asyncio.Future[Any]) -> dict[TopicPartition, list[Any]]:
+        """Wait, at most ``FULL_WAIT``, for a record to finish. After ``KEEP_ALIVE_POLL``
+        seconds of a full window, poll once with every partition paused (nothing is returned
+        for a paused partition, though a partition assigned meanwhile may give records,
+        which are returned to be handled)."""
+        if time.monotonic() - self._last_keep_alive >= KEEP_ALIVE_POLL:
+            assigned = list(self.consumer.assignment())
             self.consumer.pause(*assigned)
-            self.metrics.paused.set(1)
-            log.info("fetching_paused", in_flight=in_flight)
-        elif self._paused and in_flight <= self.settings.max_in_flight * 0.8:
-            self._paused = False
-            self.consumer.resume(*[tp for tp in assigned if tp not in self._window_full])
-            self.metrics.paused.set(0)
-            log.info("fetching_resumed", in_flight=in_flight)
-        self._hold_partitions(assigned)
+            try:
+                batch = await self._poll(stopped, 1)
+            finally:
+                self.consumer.resume(*[tp for tp in assigned if tp not in self._window_full])
+            self._last_keep_alive = time.monotonic()
+            return batch
+        self._progress.clear()
+        progress = asyncio.ensure_future(self._progress.wait())
+        await asyncio.wait({progress, stopped}, timeout=FULL_WAIT)
+        progress.cancel()
+        return {}
 
     def _hold_partitions(self, assigned: list[TopicPartition]) -> None:
         """Pause a partition whose uncommitted records reach the bound; resume it at 80%."""
@@ -295,8 +344,7 @@ class Pipeline:
                 log.warning("partition_held", partition=tp.partition, uncommitted=uncommitted)
             elif tp in self._window_full and uncommitted <= limit * 0.8:
                 self._window_full.discard(tp)
-                if not self._paused:
-                    self.consumer.resume(tp)
+                self.consumer.resume(tp)
                 log.info("partition_released", partition=tp.partition, uncommitted=uncommitted)
         self.metrics.held.set(len(self._window_full))
 
@@ -393,8 +441,6 @@ class Pipeline:
         if self.lag is not None:
             await self.lag.assigned(assigned)
         self.offsets.assign(assigned)
-        if self._paused and assigned:
-            self.consumer.pause(*assigned)
         await self._load_waiting(assigned)
         log.info("partitions_assigned", partitions=[str(tp) for tp in assigned])
 

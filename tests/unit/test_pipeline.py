@@ -21,7 +21,7 @@ from consumer.handler import EventHandler
 from consumer.lag import LagMonitor
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
-from consumer.pipeline import Pipeline
+from consumer.pipeline import KEEP_ALIVE_POLL, Pipeline
 from consumer.reporter import OutcomeReporter
 from consumer.settings import Settings
 from consumer.tracking_codes import TrackingCode
@@ -42,6 +42,7 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list[dict[TopicPartition, int]] = []
         self.paused: set[TopicPartition] = set()
+        self.polls: list[tuple[set[TopicPartition], int]] = []  # paused partitions, max_records
 
     def assignment(self) -> set[TopicPartition]:
         return {TP}
@@ -51,6 +52,10 @@ class FakeConsumer:
 
     def resume(self, *partitions: TopicPartition) -> None:
         self.paused.difference_update(partitions)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        self.polls.append((set(self.paused), max_records))
+        return {}
 
     async def committed(self, tp: TopicPartition) -> int | None:
         return max((c[tp] for c in self.commits if tp in c), default=None)
@@ -284,9 +289,27 @@ def test_a_slow_record_pauses_only_its_partition_and_only_at_the_uncommitted_bou
     assert pipeline.metrics.registry.get_sample_value("itep_partitions_held") == 0
 
 
-def test_lifting_the_in_flight_pause_leaves_a_held_partition_paused() -> None:
-    """The global pause ends at 80% of MAX_IN_FLIGHT, but a partition whose uncommitted
-    records are still at the bound stays paused."""
+def test_a_full_window_stops_polling_until_a_tenth_of_it_is_free() -> None:
+    """At MAX_IN_FLIGHT unfinished records the loop takes no more, without pausing any
+    partition in aiokafka (which would drop what it has fetched); it polls again, for as
+    many records as there is room, once a tenth of the window is free."""
+    pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": "20"})
+    for offset in range(20):
+        pipeline.offsets.add(TP, offset)
+    pipeline._apply_backpressure()
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 1
+    assert pipeline._room() == 0
+    pipeline.offsets.finish(TP, 0)
+    assert pipeline._room() == 0
+    pipeline.offsets.finish(TP, 1)
+    assert pipeline._room() == 2
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 0
+    assert consumer_of(pipeline).paused == set()
+
+
+def test_reopening_the_window_leaves_a_held_partition_paused() -> None:
+    """The window reopens, but a partition whose uncommitted records are still at the
+    bound stays paused."""
     pipeline, _, _ = make_pipeline(
         Store(), env={"MAX_IN_FLIGHT": "3", "MAX_UNCOMMITTED_PER_PARTITION": "4"}
     )
@@ -297,8 +320,25 @@ def test_lifting_the_in_flight_pause_leaves_a_held_partition_paused() -> None:
     for offset in (1, 2, 3):
         pipeline.offsets.finish(TP, offset)
     pipeline._apply_backpressure()
+    assert pipeline._room() == 2
     assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 0
     assert consumer_of(pipeline).paused == {TP}
+
+
+async def test_a_window_full_for_long_polls_once_with_every_partition_paused() -> None:
+    """So that the group does not take a consumer waiting out an outage for dead; the
+    partitions are resumed after that poll."""
+    pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": "2"})
+    for offset in range(2):
+        pipeline.offsets.add(TP, offset)
+    pipeline._apply_backpressure()
+    stopped = asyncio.get_running_loop().create_future()
+    assert await pipeline._wait_for_room(stopped) == {}
+    assert consumer_of(pipeline).polls == []
+    pipeline._last_keep_alive -= KEEP_ALIVE_POLL
+    await pipeline._wait_for_room(stopped)
+    assert consumer_of(pipeline).polls == [({TP}, 1)]
+    assert consumer_of(pipeline).paused == set()
 
 
 class LagSource:
