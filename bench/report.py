@@ -107,22 +107,44 @@ def throughput_lines(results: Results) -> list[str]:
 
 
 def latency_lines(results: Results) -> list[str]:
+    """Per rate, the service's row, then the Kafka floor's measured beside it (if it ran)."""
     if not results.latency:
         return []
-    rows = [
-        [
-            row.label,
-            f"{row.published:,}",
-            f"{row.received:,}",
-            _ms(row.p50_ms, 1),
-            _ms(row.p99_ms, 1),
-            _ms(row.max_ms, 1),
-            _ms(row.cpu_ms),
-        ]
-        for row in results.latency
-    ]
+    rows: list[list[str]] = []
+    for row in results.latency:
+        rows.append(
+            [
+                f"{row.label}, service",
+                f"{row.published:,}",
+                f"{row.received:,}",
+                _ms(row.p50_ms, 1),
+                _ms(row.p99_ms, 1),
+                _ms(row.max_ms, 1),
+                _ms(row.cpu_ms),
+            ]
+        )
+        if row.floor_received:
+            rows.append(
+                [
+                    f"{row.label}, Kafka floor",
+                    f"{row.published:,}",
+                    f"{row.floor_received:,}",
+                    _ms(row.floor_p50_ms, 1),
+                    _ms(row.floor_p99_ms, 1),
+                    _ms(row.floor_max_ms, 1),
+                    _ms(row.floor_cpu_ms),
+                ]
+            )
     header = ("4 latency, rate", "published", "received", "p50", "p99", "max", "CPU/webhook")
-    return _table(header, rows)
+    lines = _table(header, rows)
+    if any(row.floor_received for row in results.latency):
+        lines += [
+            "",
+            "Kafka floor: a bare aiokafka consumer (`bench/floor.py`) polling the same events at"
+            " the same time, from publication to `getmany` returning the event; its received"
+            " are events polled, its CPU is per event polled.",
+        ]
+    return lines
 
 
 def backlog_lines(results: Results) -> list[str]:

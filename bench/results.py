@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from bench.window import Window
@@ -41,6 +42,9 @@ class Throughput:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
+    """One rate: the service's publication-to-arrival figures, and the Kafka floor's
+    publication-to-poll figures (a bare consumer on the same events, at the same time)."""
+
     label: str
     rate: int
     published: int
@@ -49,6 +53,11 @@ class Latency:
     p99_ms: float
     max_ms: float
     cpu_ms: float  # service CPU per webhook over the phase
+    floor_received: int = 0  # events the floor consumer polled; 0 when it did not run
+    floor_p50_ms: float = math.nan
+    floor_p99_ms: float = math.nan
+    floor_max_ms: float = math.nan
+    floor_cpu_ms: float = math.nan  # the floor consumer's CPU per event polled
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,13 @@ the receiver subtracts it from ``time.time()`` at arrival (one machine, one cloc
 p99 and max are over every event of the phase, however late it arrives; CPU per webhook is
 the service's CPU over the phase's publishing time divided by the webhooks that arrived in
 that time (fewer than published when the service falls behind).
+
+The Kafka floor is measured in the same phases: a bare aiokafka consumer (``bench.floor``,
+its own process, its own consumer group, positioned at the end of the topic before the
+warm-up) reads the same events and times each from its stamp to the moment ``getmany``
+returned it: the producer's linger, the ``acks=all`` round trip and the fetch, which no
+relay can go under. It shares the machine with the service during the phases, as intended:
+it is the floor under the same load (its CPU per event is reported beside it).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 
 from bench.context import Context
 from bench.events import PacedProducer
+from bench.floor import FloorProcess
 from bench.results import Latency
 from bench.window import PROGRESS_EVERY
 from bench.workload import Workload
@@ -40,12 +48,44 @@ async def wait_received(work: Workload, count: int, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
+def latency_row(
+    rate: int,
+    published: int,
+    samples: list[float],
+    cpu_per_webhook: float,
+    *,
+    floor: list[float],
+    floor_cpu: float,
+) -> Latency:
+    """One rate's row: the service's latencies (ms) and CPU seconds per webhook, and the
+    floor's latencies (ms) and CPU seconds over the phase (per event polled in the row)."""
+    samples, floor = sorted(samples), sorted(floor)
+    return Latency(
+        label=f"{rate:,}/s",
+        rate=rate,
+        published=published,
+        received=len(samples),
+        p50_ms=quantile(samples, 0.5),
+        p99_ms=quantile(samples, 0.99),
+        max_ms=samples[-1] if samples else float("nan"),
+        cpu_ms=1000.0 * cpu_per_webhook,
+        floor_received=len(floor),
+        floor_p50_ms=quantile(floor, 0.5),
+        floor_p99_ms=quantile(floor, 0.99),
+        floor_max_ms=floor[-1] if floor else float("nan"),
+        floor_cpu_ms=1000.0 * floor_cpu / len(floor) if floor else float("nan"),
+    )
+
+
 async def run(ctx: Context) -> None:
     plan = ctx.plan
     async with Workload(ctx, "latency", delay=0.0, stamps=True) as work:
         relay = await work.service()
         await relay.relay.start()
+        floor = FloorProcess(ctx.bootstrap, work.topic, f"bench-{work.run_id}-floor")
+        floor_samples: dict[str, list[float]] | None = None
         try:
+            await floor.start(ctx.log_dir / f"latency-{work.run_id}-floor.log")
             async with PacedProducer(ctx.bootstrap, work.topic, work.mix) as producer:
 
                 async def progress_routine() -> None:
@@ -60,16 +100,18 @@ async def run(ctx: Context) -> None:
                     total = await producer.run("warmup", WARMUP_RATE, plan.latency_warmup)
                     # The measured phases start with the service caught up.
                     await wait_received(work, total, 120.0)
-                    phases: list[tuple[int, int, float]] = []
+                    phases: list[tuple[int, int, float, float]] = []
                     for rate in plan.latency_rates:
                         ctx.say(f"latency: {rate:,} events/s for {plan.latency_seconds:.0f} s")
                         cpu = relay.relay.tree.cpu_seconds()
+                        floor_cpu = floor.tree.cpu_seconds()
                         arrived = (await work.receiver.stats()).count
                         count = await producer.run(str(rate), rate, plan.latency_seconds)
                         relay.relay.check_alive()
                         cpu = relay.relay.tree.cpu_seconds() - cpu
+                        floor_cpu = floor.tree.cpu_seconds() - floor_cpu
                         arrived = (await work.receiver.stats()).count - arrived
-                        phases.append((rate, count, cpu / max(arrived, 1)))
+                        phases.append((rate, count, cpu / max(arrived, 1), floor_cpu))
                         total += count
                 finally:
                     progress.cancel()
@@ -77,22 +119,25 @@ async def run(ctx: Context) -> None:
                         await progress
             await wait_received(work, total, 60.0)
             stats = await work.receiver.stats(samples=True)
+            floor_samples = await floor.stop()
         finally:
+            if floor_samples is None:
+                await floor.kill()
             await relay.relay.stop()
-    for rate, count, cpu in phases:
-        samples = sorted(stats.samples.get(str(rate), []))
-        row = Latency(
-            label=f"{rate:,}/s",
-            rate=rate,
-            published=count,
-            received=len(samples),
-            p50_ms=quantile(samples, 0.5),
-            p99_ms=quantile(samples, 0.99),
-            max_ms=samples[-1] if samples else float("nan"),
-            cpu_ms=1000.0 * cpu,
+    for rate, count, cpu, floor_cpu in phases:
+        label = str(rate)
+        row = latency_row(
+            rate,
+            count,
+            stats.samples.get(label, []),
+            cpu,
+            floor=floor_samples.get(label, []),
+            floor_cpu=floor_cpu,
         )
         ctx.results.latency.append(row)
         ctx.say(
             f"latency at {row.label}: p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms,"
-            f" max {row.max_ms:.1f} ms ({row.received:,}/{count:,} received)"
+            f" max {row.max_ms:.1f} ms ({row.received:,}/{count:,} received); Kafka floor"
+            f" p50 {row.floor_p50_ms:.1f} ms, p99 {row.floor_p99_ms:.1f} ms,"
+            f" max {row.floor_max_ms:.1f} ms ({row.floor_received:,} polled)"
         )

@@ -1,0 +1,173 @@
+"""The Kafka floor: a bare consumer timing publication to poll. Run as ``python -m bench.floor``.
+
+The latency scenario starts it as its own process beside the service, on the same topic,
+with a consumer group of its own, so it sees every event the service sees. One
+``AIOKafkaConsumer`` on uvloop, reading from the end of the topic, loops on
+``getmany(timeout_ms=100, max_records=500)`` and nothing else: for each record it takes
+the stamp ``lat:<label>:<ns>`` that the producer put into the event's ``oid`` (found with
+a regular expression on the raw value, the event is not parsed) and keeps, under that
+label, ``time.time()`` taken when ``getmany`` returned minus the stamp, in ms. That is what
+the producer's linger, the ``acks=all`` round trip and the fetch cost before any relay can
+start its work: no relay's latency can go below it.
+
+It writes ``ready`` on a line of its own once it has its partitions and their positions
+(so events published after that are all seen), and on SIGTERM or SIGINT one JSON line:
+``{"samples": {label: [ms, ...]}}`` for every label seen.
+
+``FloorProcess`` starts one from the benchmark, reads its CPU, stops it and reads its samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+import orjson
+import uvloop
+from aiokafka import AIOKafkaConsumer
+
+from bench.procs import ProcessTree
+from bench.stack import ROOT
+
+# The stamp as orjson writes the event: ``"oid":"lat:<label>:<time.time_ns()>"``.
+_STAMP: Final = re.compile(rb'"oid":"lat:([^:"]+):(\d+)"')
+POLL_MS: Final = 100
+MAX_RECORDS: Final = 500
+
+
+def latency_ms(value: bytes, now: float) -> tuple[str, float] | None:
+    """(label, ms from the stamp to ``now``) when the event's ``oid`` is a stamp, else None."""
+    match = _STAMP.search(value)
+    if match is None:
+        return None
+    return match[1].decode(), (now - int(match[2]) / 1e9) * 1000.0
+
+
+def add_samples(
+    samples: defaultdict[str, list[float]], values: Iterable[bytes | None], now: float
+) -> None:
+    """Keep one sample per stamped value under its label; values without a stamp are skipped."""
+    for value in values:
+        found = latency_ms(value, now) if value is not None else None
+        if found is not None:
+            samples[found[0]].append(found[1])
+
+
+async def wait_positioned(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    """Poll until the group has given this consumer partitions and each has a position."""
+    while not consumer.assignment() and not stop.is_set():
+        await consumer.getmany(timeout_ms=POLL_MS)
+    for partition in consumer.assignment():
+        await consumer.position(partition)
+
+
+async def watch(bootstrap: str, topic: str, group: str) -> dict[str, list[float]]:
+    """Time every stamped event from the moment the consumer is positioned until SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    samples: defaultdict[str, list[float]] = defaultdict(list)
+    await consumer.start()
+    try:
+        await wait_positioned(consumer, stop)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
+            now = time.time()
+            for records in batch.values():
+                add_samples(samples, (record.value for record in records), now)
+    finally:
+        await consumer.stop()
+    return samples
+
+
+class FloorProcess:
+    """A floor consumer of ``topic`` in ``group``, run from the benchmark as its own process."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self.args = ["--bootstrap", bootstrap, "--topic", topic, "--group", group]
+        self.tree = ProcessTree([])
+        self._process: asyncio.subprocess.Process | None = None
+        self._log_path: Path | None = None
+
+    async def start(self, log_path: Path, timeout: float = 60.0) -> None:
+        """Start it and return once it is positioned (it wrote ``ready``)."""
+        self._log_path = log_path
+        with log_path.open("ab") as log_file:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.floor",
+                *self.args,
+                cwd=ROOT,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
+            )
+        self.tree = ProcessTree([self._process.pid])
+        assert self._process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+        except TimeoutError:
+            line = b""
+        if line != b"ready\n":
+            self._process.kill()
+            await self._process.wait()
+            raise RuntimeError(f"bench.floor was not ready within {timeout:.0f} s; see {log_path}")
+
+    async def stop(self, timeout: float = 30.0) -> dict[str, list[float]]:
+        """SIGTERM it and return its samples: label -> ms from publication to poll."""
+        process = self._process
+        assert process is not None, "not started"
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            raise RuntimeError(f"bench.floor failed ({process.returncode}); see {self._log_path}")
+        samples: dict[str, list[float]] = orjson.loads(out)["samples"]
+        return samples
+
+    async def kill(self) -> None:
+        """End it without reading anything (the scenario failed)."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor")
+    parser.add_argument(
+        "--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    )
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--group", required=True)
+    args = parser.parse_args()
+    samples = uvloop.run(watch(args.bootstrap, args.topic, args.group))
+    sys.stdout.write(orjson.dumps({"samples": samples}).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
