@@ -6,13 +6,20 @@ Key order follows the legacy iTEP document. Numbers stay JSON numbers; dates are
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from typing import Final
 
 import orjson
 
 from consumer.events import ExamEvent, Status
+
+try:  # yarl (aiohttp's URL library) percent-encodes in C, in query-string mode
+    from yarl._quoting_c import _Quoter  # type: ignore[import-not-found]
+
+    _QUOTE_QS: Callable[[str], str] | None = _Quoter(qs=True, requote=False)
+except ImportError:  # pragma: no cover - a yarl built without its C extension
+    _QUOTE_QS = None
 
 SECTION_TITLES: Final = {
     "grammar": "Grammar",
@@ -84,18 +91,36 @@ def encode_data(event: ExamEvent) -> str:
 
 
 # Each byte's form encoding, as ``urllib.parse.quote_plus`` writes it: unreserved bytes stay,
-# space becomes ``+``, everything else ``%XX``. Applied with ``str.translate`` over the UTF-8
-# bytes seen as Latin-1 characters (one per byte), which runs in C: 1.5x faster than
-# ``quote_plus`` on a typical payload (20 us against 30 us, measured with timeit).
+# space becomes ``+``, everything else ``%XX``.
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 _FORM_TABLE: Final = {
     b: chr(b) if b in _UNRESERVED else "+" if b == 0x20 else f"%{b:02X}" for b in range(256)
 }
+# What yarl's query-string quoter leaves as it is and ``quote_plus`` encodes.
+_SUB_DELIMS: Final = tuple((c, f"%{ord(c):02X}") for c in "!$'()*,")
 
 
-def form_quote(text: str) -> str:
-    """``text`` as UTF-8, percent-encoded for a form body; equal to ``quote_plus(text)``."""
+def form_quote_translate(text: str) -> str:
+    """``quote_plus(text)`` with ``str.translate`` over the UTF-8 bytes seen as Latin-1
+    characters (one per byte), in C: 1.5x faster than ``quote_plus`` on a typical payload."""
     return text.encode("utf-8").decode("latin-1").translate(_FORM_TABLE)
+
+
+def form_quote_yarl(text: str) -> str:
+    """``quote_plus(text)`` with yarl's C quoter (about 2.5x faster than
+    ``form_quote_translate`` on a typical payload); the sub-delimiters it leaves as they
+    are are encoded after it."""
+    if _QUOTE_QS is None:  # pragma: no cover
+        return form_quote_translate(text)
+    quoted = _QUOTE_QS(text)
+    for char, escaped in _SUB_DELIMS:
+        if char in quoted:
+            quoted = quoted.replace(char, escaped)
+    return quoted
+
+
+# ``text`` as UTF-8, percent-encoded for a form body; equal to ``quote_plus(text)``.
+form_quote: Final = form_quote_yarl if _QUOTE_QS is not None else form_quote_translate
 
 
 def encode_form(data_json: str, extra_fields: Mapping[str, str]) -> bytes:
@@ -117,54 +142,6 @@ def _form(quoted_data_json: str, extra_fields: Mapping[str, str]) -> bytes:
     return f"data={quoted_data_json}{extra}".encode("ascii")
 
 
-# The form encoding of ``"<key>":`` for each key of the data dict (a few dozen names).
-_QUOTED_KEYS: dict[str, str] = {}
-
-
-def _quoted_key(key: str) -> str:
-    quoted = _QUOTED_KEYS.get(key)
-    if quoted is None:
-        quoted = _QUOTED_KEYS[key] = form_quote(orjson.dumps(key).decode() + ":")
-    return quoted
-
-
-def quoted_data(data: Mapping[str, Scalar]) -> str:
-    """``form_quote(orjson.dumps(data).decode())``, built field by field.
-
-    Percent-encoding works byte by byte, so the encoding of the JSON object is that of its
-    pieces joined: each key's ``"key":`` is encoded once and kept, and only the values are
-    encoded per event. A third of the bytes of a typical payload need escaping, nearly all
-    of them in the keys and the punctuation.
-    """
-    return (
-        "%7B"
-        + "%2C".join(_quoted_key(key) + _quoted_value(value) for key, value in data.items())
-        + "%7D"
-    )
-
-
-# The form encoding of the JSON of small values: scores, levels, CEFR bands, dates and the
-# status come from small sets and repeat from event to event. Kept by exact type and value;
-# a float zero is left out, since 0.0 and -0.0 are equal but encode differently.
-_QUOTED_VALUES: dict[tuple[type, Scalar], str] = {}
-_QUOTED_VALUES_MAX: Final = 4096
-_SHORT: Final = 16
-
-
-def _quoted_value(value: Scalar) -> str:
-    kind = type(value)
-    short = len(value) <= _SHORT if isinstance(value, str) else kind is int or value != 0.0
-    if not short:
-        return form_quote(orjson.dumps(value).decode())
-    cache_key = (kind, value)
-    quoted = _QUOTED_VALUES.get(cache_key)
-    if quoted is None:
-        if len(_QUOTED_VALUES) >= _QUOTED_VALUES_MAX:
-            _QUOTED_VALUES.clear()
-        quoted = _QUOTED_VALUES[cache_key] = form_quote(orjson.dumps(value).decode())
-    return quoted
-
-
 def form_body(data: Mapping[str, Scalar], extra_fields: Mapping[str, str]) -> bytes:
-    """``encode_form(orjson.dumps(data).decode(), extra_fields)``, the faster way."""
-    return _form(quoted_data(data), extra_fields)
+    """The form body of ``data``: ``encode_form(orjson.dumps(data).decode(), extra_fields)``."""
+    return _form(form_quote(orjson.dumps(data).decode()), extra_fields)
