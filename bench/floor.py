@@ -11,8 +11,9 @@ the producer's linger, the ``acks=all`` round trip and the fetch cost before any
 start its work: no relay's latency can go below it.
 
 It writes ``ready`` on a line of its own once it has its partitions and their positions
-(so events published after that are all seen), and on SIGTERM or SIGINT one JSON line:
-``{"samples": {label: [ms, ...]}}`` for every label seen.
+(so events published after that are all seen), and on SIGTERM or SIGINT the JSON
+``{"samples": {label: [ms, ...]}}`` for every label seen to the file ``--out`` (megabytes
+for a full run: a file, not the pipe, which cut a line that size short).
 
 ``FloorProcess`` starts one from the benchmark, reads its CPU, stops it and reads its samples.
 """
@@ -104,6 +105,7 @@ class FloorProcess:
 
     def __init__(self, bootstrap: str, topic: str, group: str) -> None:
         self.args = ["--bootstrap", bootstrap, "--topic", topic, "--group", group]
+        self._out: Path | None = None
         self.tree = ProcessTree([])
         self._process: asyncio.subprocess.Process | None = None
         self._log_path: Path | None = None
@@ -111,12 +113,16 @@ class FloorProcess:
     async def start(self, log_path: Path, timeout: float = 60.0) -> None:
         """Start it and return once it is positioned (it wrote ``ready``)."""
         self._log_path = log_path
+        self._out = log_path.with_suffix(".samples.json")
+        self._out.unlink(missing_ok=True)
         with log_path.open("ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "bench.floor",
                 *self.args,
+                "--out",
+                str(self._out),
                 cwd=ROOT,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -140,14 +146,15 @@ class FloorProcess:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         try:
-            out, _ = await asyncio.wait_for(process.communicate(), timeout)
+            await asyncio.wait_for(process.communicate(), timeout)
         except TimeoutError:
             process.kill()
             await process.wait()
             raise
         if process.returncode != 0:
             raise RuntimeError(f"bench.floor failed ({process.returncode}); see {self._log_path}")
-        samples: dict[str, list[float]] = orjson.loads(out)["samples"]
+        assert self._out is not None
+        samples: dict[str, list[float]] = orjson.loads(self._out.read_bytes())["samples"]
         return samples
 
     async def kill(self) -> None:
@@ -164,9 +171,10 @@ def main() -> None:
     )
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
+    parser.add_argument("--out", type=Path, required=True, help="where the samples go")
     args = parser.parse_args()
     samples = uvloop.run(watch(args.bootstrap, args.topic, args.group))
-    sys.stdout.write(orjson.dumps({"samples": samples}).decode() + "\n")
+    args.out.write_bytes(orjson.dumps({"samples": samples}))
 
 
 if __name__ == "__main__":

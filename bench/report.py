@@ -113,27 +113,23 @@ def latency_lines(results: Results) -> list[str]:
     rows: list[list[str]] = []
     for row in results.latency:
         rows.append(
-            [
+            _latency_row(
                 f"{row.label}, service",
-                f"{row.published:,}",
-                f"{row.received:,}",
-                _ms(row.p50_ms, 1),
-                _ms(row.p99_ms, 1),
-                _ms(row.max_ms, 1),
-                _ms(row.cpu_ms),
-            ]
+                row.published,
+                row.received,
+                (row.p50_ms, row.p99_ms, row.max_ms),
+                row.cpu_ms,
+            )
         )
         if row.floor_received:
             rows.append(
-                [
+                _latency_row(
                     f"{row.label}, Kafka floor",
-                    f"{row.published:,}",
-                    f"{row.floor_received:,}",
-                    _ms(row.floor_p50_ms, 1),
-                    _ms(row.floor_p99_ms, 1),
-                    _ms(row.floor_max_ms, 1),
-                    _ms(row.floor_cpu_ms),
-                ]
+                    row.published,
+                    row.floor_received,
+                    (row.floor_p50_ms, row.floor_p99_ms, row.floor_max_ms),
+                    row.floor_cpu_ms,
+                )
             )
     header = ("4 latency, rate", "published", "received", "p50", "p99", "max", "CPU/webhook")
     lines = _table(header, rows)
@@ -145,6 +141,19 @@ def latency_lines(results: Results) -> list[str]:
             " are events polled, its CPU is per event polled.",
         ]
     return lines
+
+
+def _latency_row(
+    label: str, published: int, received: int, quantiles: tuple[float, float, float], cpu: float
+) -> list[str]:
+    """One row of the latency table: p50, p99 and max, then CPU per event."""
+    return [
+        label,
+        f"{published:,}",
+        f"{received:,}",
+        *(_ms(value, 1) for value in quantiles),
+        _ms(cpu),
+    ]
 
 
 def backlog_lines(results: Results) -> list[str]:

@@ -127,21 +127,17 @@ def encode_form(data_json: str, extra_fields: Mapping[str, str]) -> bytes:
     """``application/x-www-form-urlencoded`` body: ``data`` first, then the extra fields.
 
     ``+``, ``&``, ``%`` and ``=`` are percent-encoded and text is UTF-8, so PHP's
-    ``$_POST['data']`` gets the JSON back byte for byte.
+    ``$_POST['data']`` gets the JSON back byte for byte. An extra field named ``data`` is
+    left out.
     """
-    return _form(form_quote(data_json), extra_fields)
-
-
-def _form(quoted_data_json: str, extra_fields: Mapping[str, str]) -> bytes:
-    """``data=`` and the already encoded JSON, then the extra fields (never another ``data``)."""
     extra = "".join(
         f"&{form_quote(key)}={form_quote(value)}"
         for key, value in extra_fields.items()
         if key != "data"
     )
-    return f"data={quoted_data_json}{extra}".encode("ascii")
+    return f"data={form_quote(data_json)}{extra}".encode("ascii")
 
 
 def form_body(data: Mapping[str, Scalar], extra_fields: Mapping[str, str]) -> bytes:
-    """The form body of ``data``: ``encode_form(orjson.dumps(data).decode(), extra_fields)``."""
-    return _form(form_quote(orjson.dumps(data).decode()), extra_fields)
+    """The form body of ``data``: its JSON as ``encode_form`` encodes it."""
+    return encode_form(orjson.dumps(data).decode(), extra_fields)
