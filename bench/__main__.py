@@ -2,7 +2,8 @@
 measured in the same run (``make bench``; ``make bench QUICK=1`` for ``--quick``).
 
 Scenarios (``--only`` takes their names, comma-separated): ``limit``, ``fast``,
-``faststream``, ``naive``, ``slow``, ``latency``, ``backlog``, ``scaling``. The limit runs
+``faststream``, ``naive``, ``slow``, ``latency``, ``backlog``, ``scaling`` (or one of its
+halves: ``inflight``, ``processes``). The limit runs
 whenever a chosen scenario needs it as a reference. A full or quick run of every scenario
 writes its tables into BENCHMARKS.md (its own marked section each); a partial run
 (``--only``, ``--events``) only prints them unless ``--write``; ``--no-write`` never writes.
@@ -34,7 +35,8 @@ from bench.workload import service_log_level
 from consumer.settings import Settings
 
 SCENARIOS = ("limit", "fast", "faststream", "naive", "slow", "latency", "backlog", "scaling")
-NEED_LIMIT = frozenset({"fast", "faststream", "naive", "slow", "scaling"})
+SCALING_HALVES = ("inflight", "processes")
+NEED_LIMIT = frozenset({"fast", "faststream", "naive", "slow", "scaling", *SCALING_HALVES})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench", description=(__doc__ or "").split("\n\n", 1)[0]
     )
     parser.add_argument("--quick", action="store_true", help="a small run of every scenario")
-    parser.add_argument("--only", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated, of: {', '.join(SCENARIOS + SCALING_HALVES)}",
+    )
     parser.add_argument("--events", type=int, help="events in scenarios 2 and 3")
     parser.add_argument(
         "--backlogs", help="comma-separated backlog sizes of scenario 5 (e.g. 1000000)"
@@ -120,8 +125,19 @@ async def _run(args: argparse.Namespace, chosen: list[str]) -> int:
             steps.append(("4 latency", lambda: latency.run(ctx)))
         if "backlog" in chosen:
             steps.append(("5 backlog", lambda: backlog.run(ctx)))
-        if "scaling" in chosen:
-            steps.append(("7 scaling", lambda: scaling.run(ctx)))
+        halves = {"inflight", "processes"}.intersection(chosen)
+        if "scaling" in chosen or halves:
+            both = "scaling" in chosen
+            steps.append(
+                (
+                    "7 scaling",
+                    lambda: scaling.run(
+                        ctx,
+                        in_flight=both or "inflight" in halves,
+                        processes=both or "processes" in halves,
+                    ),
+                )
+            )
         for title, step in steps:
             print(f"== {title}", flush=True)
             began = time.monotonic()
@@ -162,7 +178,7 @@ def main() -> int:
     chosen = list(SCENARIOS)
     if args.only:
         chosen = [name.strip() for name in args.only.split(",") if name.strip()]
-        unknown = sorted(set(chosen) - set(SCENARIOS))
+        unknown = sorted(set(chosen) - set(SCENARIOS + SCALING_HALVES))
         if unknown:
             print(f"python -m bench: unknown scenario {', '.join(unknown)}", file=sys.stderr)
             return 2

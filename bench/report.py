@@ -9,6 +9,7 @@ rest of the file is written by hand and left alone. Missing markers are appended
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def _window(window: Window) -> str:
     return f"{window.seconds:.1f} s" + ("" if window.drained else " (cut)")
 
 
+def _cores(busy: float) -> str:
+    return "" if math.isnan(busy) else f"{busy:.2f} of {os.cpu_count() or 1} cores"
+
+
 def throughput_lines(results: Results) -> list[str]:
     limit = results.limit
     rows: list[list[str]] = []
@@ -58,6 +63,7 @@ def throughput_lines(results: Results) -> list[str]:
                 "",
                 _ms(limit.cpu_ms),
                 "1.00",
+                "",
                 "",
             ]
         )
@@ -77,6 +83,7 @@ def throughput_lines(results: Results) -> list[str]:
                 ratio,
                 _ms(window.cpu_ms),
                 cpu_ratio,
+                _cores(window.machine_busy),
                 row.note,
             ]
         )
@@ -92,6 +99,7 @@ def throughput_lines(results: Results) -> list[str]:
         "ratio",
         "CPU/webhook",
         "CPU vs limit",
+        "machine busy",
         "notes",
     )
     lines = _table(header, rows)

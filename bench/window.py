@@ -18,14 +18,21 @@ A tick every 100 ms reads the relay's process tree CPU, then:
 Webhooks per second = events committed (or webhooks received) in the window / its length;
 CPU per webhook = the tree's CPU over the window / those webhooks. Both ends are known to
 within a tick (0.1 s). With ``memory_every`` the tree's resident memory is sampled too.
+``machine_busy`` is how many of the machine's cores were busy on average over the window
+(every process: the relay, the receivers, the broker, Postgres and anything else running),
+from ``/proc/stat``: it tells a relay held back by its own work from one held back by a
+machine with no core left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import aiohttp
@@ -45,6 +52,7 @@ class Window:
     drained: bool
     peak_rss_kb: int = 0
     peak_hwm_kb: int = 0
+    machine_busy: float = math.nan  # cores busy on average over the window, all processes
 
     @property
     def rate(self) -> float:
@@ -54,6 +62,25 @@ class Window:
     def cpu_ms(self) -> float:
         """CPU milliseconds per webhook."""
         return 1000.0 * self.cpu_seconds / self.webhooks if self.webhooks else float("nan")
+
+
+def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot, from the first line of ``stat``.
+
+    Idle and iowait are the idle ticks; guest time is already inside user and nice.
+    """
+    with Path(stat).open() as file:
+        fields = [int(value) for value in file.readline().split()[1:9]]
+    total = sum(fields)
+    return total - fields[3] - fields[4], total
+
+
+def busy_cores(start: tuple[int, int], end: tuple[int, int], cores: int | None = None) -> float:
+    """Cores busy on average between two ``machine_ticks`` readings."""
+    total = end[1] - start[1]
+    if total <= 0:
+        return math.nan
+    return (cores or os.cpu_count() or 1) * (end[0] - start[0]) / total
 
 
 async def measure(
@@ -72,6 +99,7 @@ async def measure(
 ) -> Window:
     launched = time.monotonic()
     start = cpu_start = 0.0
+    ticks_start = machine_ticks()
     done = 0
     peak_rss = peak_hwm = 0
     next_memory = next_progress = 0.0
@@ -89,6 +117,7 @@ async def measure(
                 arrived = (await receiver.stats()).count
                 if arrived or await relay.consumed(session) > 0:
                     start, cpu_start = tick, cpu
+                    ticks_start = machine_ticks()
                     next_progress = tick + PROGRESS_EVERY
                 elif tick - launched > start_timeout:
                     raise RuntimeError(f"{relay.name} consumed nothing in {start_timeout:.0f} s")
@@ -106,6 +135,7 @@ async def measure(
                         drained=done >= target,
                         peak_rss_kb=peak_rss,
                         peak_hwm_kb=peak_hwm,
+                        machine_busy=busy_cores(ticks_start, machine_ticks()),
                     )
                 if tick >= next_progress:
                     next_progress = tick + PROGRESS_EVERY

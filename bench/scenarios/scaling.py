@@ -26,7 +26,14 @@ from bench.workload import Workload
 MIN_EVENTS = 2_000
 
 
-async def run(ctx: Context) -> None:
+async def run(ctx: Context, *, in_flight: bool = True, processes: bool = True) -> None:
+    if in_flight:
+        await _in_flight(ctx)
+    if processes:
+        await _processes(ctx)
+
+
+async def _in_flight(ctx: Context) -> None:
     plan, settings, results = ctx.plan, ctx.settings, ctx.results
     # Sized by the reference, or by 1.5 x what the service did in scenario 3 when that is
     # lower (a CPU-bound service would otherwise take many times the planned seconds).
@@ -63,6 +70,10 @@ async def run(ctx: Context) -> None:
                 "; ".join(part for part in (note, counts) if part),
             )
         )
+
+
+async def _processes(ctx: Context) -> None:
+    plan, results = ctx.plan, ctx.results
     limit = results.limit.rate if results.limit else None
     for processes in plan.scaling_processes:
         if processes == 1:
