@@ -4,7 +4,8 @@ measured in the same run (``make bench``; ``make bench QUICK=1`` for ``--quick``
 Scenarios (``--only`` takes their names, comma-separated): ``limit``, ``fast``,
 ``faststream``, ``naive``, ``slow``, ``latency``, ``backlog``, ``scaling`` (or one of its
 halves: ``inflight``, ``processes``). The limit runs
-whenever a chosen scenario needs it as a reference. A full or quick run of every scenario
+whenever a chosen scenario needs it as a reference, and once more at the end of the run, so
+that the tables show how far the machine drifted while it ran. A full or quick run of every scenario
 writes its tables into BENCHMARKS.md (its own marked section each); a partial run
 (``--only``, ``--events``) only prints them unless ``--write``; ``--no-write`` never writes.
 Logs of every process go to ``.local/bench/<time>/``. The service runs with its default
@@ -76,6 +77,64 @@ def _plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
+Step = tuple[str, Callable[[], Awaitable[None]]]
+
+
+def _steps(ctx: Context, chosen: list[str]) -> list[Step]:
+    """The scenarios of ``chosen`` in order, each a title and what runs it."""
+    steps: list[Step] = []
+
+    async def run_limit() -> None:
+        ctx.results.limit = await limit.run(ctx)
+
+    if "limit" in chosen or NEED_LIMIT.intersection(chosen):
+        steps.append(("1 limit", run_limit))
+    if {"fast", "faststream", "naive"}.intersection(chosen):
+        steps.append(
+            (
+                "2 fast receivers",
+                lambda: fast.run(
+                    ctx,
+                    service="fast" in chosen,
+                    faststream="faststream" in chosen,
+                    naive="naive" in chosen,
+                ),
+            )
+        )
+    if {"slow", "naive"}.intersection(chosen):
+        steps.append(
+            (
+                "3 slow receivers",
+                lambda: slow.run(ctx, service="slow" in chosen, naive="naive" in chosen),
+            )
+        )
+    if "latency" in chosen:
+        steps.append(("4 latency", lambda: latency.run(ctx)))
+    if "backlog" in chosen:
+        steps.append(("5 backlog", lambda: backlog.run(ctx)))
+    halves = {"inflight", "processes"}.intersection(chosen)
+    if "scaling" in chosen or halves:
+        both = "scaling" in chosen
+        steps.append(
+            (
+                "7 scaling",
+                lambda: scaling.run(
+                    ctx,
+                    in_flight=both or "inflight" in halves,
+                    processes=both or "processes" in halves,
+                ),
+            )
+        )
+    if len(steps) > 1 and steps[0][0] == "1 limit":
+        # The same reference once more after everything else: how far the machine
+        # itself drifted over the run, beside the ratios taken against the first.
+        async def run_limit_again() -> None:
+            ctx.results.limit_again = await limit.run(ctx)
+
+        steps.append(("1 limit, again", run_limit_again))
+    return steps
+
+
 async def _run(args: argparse.Namespace, chosen: list[str]) -> int:
     plan = _plan(args)
     settings = Settings.from_env(os.environ)
@@ -95,49 +154,7 @@ async def _run(args: argparse.Namespace, chosen: list[str]) -> int:
             log_dir=log_dir,
             processes_flag=await processes_flag_supported(),
         )
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-
-        async def run_limit() -> None:
-            ctx.results.limit = await limit.run(ctx)
-
-        if "limit" in chosen or NEED_LIMIT.intersection(chosen):
-            steps.append(("1 limit", run_limit))
-        if {"fast", "faststream", "naive"}.intersection(chosen):
-            steps.append(
-                (
-                    "2 fast receivers",
-                    lambda: fast.run(
-                        ctx,
-                        service="fast" in chosen,
-                        faststream="faststream" in chosen,
-                        naive="naive" in chosen,
-                    ),
-                )
-            )
-        if {"slow", "naive"}.intersection(chosen):
-            steps.append(
-                (
-                    "3 slow receivers",
-                    lambda: slow.run(ctx, service="slow" in chosen, naive="naive" in chosen),
-                )
-            )
-        if "latency" in chosen:
-            steps.append(("4 latency", lambda: latency.run(ctx)))
-        if "backlog" in chosen:
-            steps.append(("5 backlog", lambda: backlog.run(ctx)))
-        halves = {"inflight", "processes"}.intersection(chosen)
-        if "scaling" in chosen or halves:
-            both = "scaling" in chosen
-            steps.append(
-                (
-                    "7 scaling",
-                    lambda: scaling.run(
-                        ctx,
-                        in_flight=both or "inflight" in halves,
-                        processes=both or "processes" in halves,
-                    ),
-                )
-            )
+        steps = _steps(ctx, chosen)
         for title, step in steps:
             print(f"== {title}", flush=True)
             began = time.monotonic()

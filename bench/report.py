@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.machine import Machine
 from bench.plan import Plan
-from bench.results import Results
+from bench.results import Limit, Results
 from bench.stack import ROOT, SERVICE_ROOT
 from bench.window import Window
 from consumer.settings import Settings
@@ -48,25 +48,41 @@ def _cores(busy: float) -> str:
     return "" if math.isnan(busy) else f"{busy:.2f} of {os.cpu_count() or 1} cores"
 
 
+def _limit_row(name: str, limit: Limit, first: Limit) -> list[str]:
+    return [
+        name,
+        f"bare aiohttp, {limit.concurrency:,} workers, {limit.per_host}/origin",
+        f"{limit.requests:,}",
+        f"{limit.seconds:.1f} s",
+        _n(limit.rate),
+        "",
+        "",
+        _ms(limit.cpu_ms),
+        f"{limit.cpu_ms / first.cpu_ms:.2f}",
+        "",
+        "",
+    ]
+
+
+def limit_drift(results: Results) -> str:
+    """How far the limit moved between its measurements at the start and the end of a run:
+    the machine's own drift, which every ratio against the first measurement carries."""
+    first, again = results.limit, results.limit_again
+    if first is None or again is None:
+        return ""
+    return (
+        f"The limit measured again at the end of the run: {again.rate:,.0f} requests/s "
+        f"({again.rate / first.rate - 1:+.0%}), {again.cpu_ms:.3f} ms CPU each "
+        f"({again.cpu_ms / first.cpu_ms - 1:+.0%}); the ratios above are against the "
+        "first measurement."
+    )
+
+
 def throughput_lines(results: Results) -> list[str]:
     limit = results.limit
     rows: list[list[str]] = []
     if limit is not None:
-        rows.append(
-            [
-                "1 limit",
-                f"bare aiohttp, {limit.concurrency:,} workers, {limit.per_host}/origin",
-                f"{limit.requests:,}",
-                f"{limit.seconds:.1f} s",
-                _n(limit.rate),
-                "",
-                "",
-                _ms(limit.cpu_ms),
-                "1.00",
-                "",
-                "",
-            ]
-        )
+        rows.append(_limit_row("1 limit", limit, limit))
     for row in results.throughput:
         window = row.window
         ratio = f"{window.rate / row.reference:.2f}" if row.reference else ""
@@ -102,7 +118,12 @@ def throughput_lines(results: Results) -> list[str]:
         "machine busy",
         "notes",
     )
+    if limit is not None and results.limit_again is not None:
+        rows.append(_limit_row("1 limit, again at the end", results.limit_again, limit))
     lines = _table(header, rows)
+    drift = limit_drift(results)
+    if drift:
+        lines += ["", drift]
     speedups = []
     for scenario in ("2 fast", "3 slow"):
         by_relay = {r.relay: r.window.rate for r in results.throughput if r.scenario == scenario}

@@ -69,6 +69,7 @@ class Backlog:
 @dataclass(slots=True)
 class Results:
     limit: Limit | None = None
+    limit_again: Limit | None = None  # measured once more at the end of a run, for drift
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
     backlog: list[Backlog] = field(default_factory=list)

@@ -67,7 +67,9 @@ class Window:
 def machine_ticks(stat: str = "/proc/stat") -> tuple[int, int]:
     """(busy, total) clock ticks of every core since boot, from the first line of ``stat``.
 
-    Idle and iowait are the idle ticks; guest time is already inside user and nice.
+    Idle and iowait are the idle ticks; guest time is already inside user and nice. Steal
+    (time a virtual machine's host gave to other guests) counts as busy: the core was not
+    this machine's to use.
     """
     with Path(stat).open() as file:
         fields = [int(value) for value in file.readline().split()[1:9]]
