@@ -59,18 +59,30 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+# Ports free_port() has returned in this process: never handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A free loopback port below the ephemeral range. A port the kernel hands out for
-    ``bind(0)`` is an ephemeral one, and the thousands of client connections of a run take
-    ephemeral ports too: one of them can hold the port before the receiver binds it."""
+    """A free loopback port below the ephemeral range, not returned before in this process.
+
+    A port the kernel hands out for ``bind(0)`` is an ephemeral one, and the thousands of
+    client connections of a run take ephemeral ports too: one of them can hold the port
+    before the receiver binds it. A port is free only until it is bound, and the 21 ports
+    of a receiver are picked before any is bound: without the record, two picks of one run
+    could draw the same port (a receiver then failed with "address already in use").
+    """
     low = _ephemeral_low()
     for _ in range(200):
         port = random.randrange(10_000, low)  # noqa: S311 - a port, not a secret
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free port between 10000 and {low}")
 
