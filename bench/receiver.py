@@ -1,12 +1,14 @@
 """The partner endpoints: one process listening on one port per tracking code.
 
-Run as ``python -m bench.receiver --ports P1,P2,... --control PORT [--delay S] [--stamps]``.
+Run as ``python -m bench.receiver --codes N [--delay S] [--stamps]``.
 Each webhook is counted when its body has been read (its arrival); it is answered 200 at
 once, or after ``--delay`` seconds (a slow partner). With ``--stamps`` the receiver also
 reads the ``OID`` of the webhook's ``data`` JSON: an OID ``lat:LABEL:NS`` (the producer's
 ``time.time_ns()`` at publication) gives one latency sample, arrival minus publication, kept
 under LABEL. The control port answers ``GET /stats`` (counts, first and last arrival, and
-the latency samples with ``?samples=1``) and ``POST /reset``.
+the latency samples with ``?samples=1``) and ``POST /reset``. The process binds every port
+itself (the kernel picks them) and writes their numbers to stdout as one JSON line once all
+accept.
 
 ``ReceiverProcess`` starts one from the benchmark and reads it. It runs in its own process,
 so its work never shares an event loop with the client it measures.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -31,7 +34,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from bench.stack import ROOT, free_port, wait_for_port
+from bench.stack import ROOT
 
 
 @dataclass(slots=True)
@@ -95,7 +98,19 @@ def _control_app(tally: _Tally) -> web.Application:
     return app
 
 
-async def serve(ports: list[int], control: int, delay: float, stamps: bool) -> None:
+def _listen() -> socket.socket:
+    """A loopback socket bound to a port the kernel picks, listening. Bound here, in the
+    process that serves it, so that no other socket can take the port in between."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    # A deep accept queue: a relay may open hundreds of connections at once.
+    sock.listen(4096)
+    return sock
+
+
+async def serve(codes: int, delay: float, stamps: bool) -> None:
+    """Serve ``codes`` hook ports and a control port; their numbers go to stdout as one
+    JSON line, ``{"ports": [...], "control": P}``, once every one of them accepts."""
     tally = _Tally()
     hooks = web.Application()
     hooks.router.add_post("/hook", _hook_handler(tally, delay, stamps))
@@ -105,10 +120,16 @@ async def serve(ports: list[int], control: int, delay: float, stamps: bool) -> N
     ]
     for runner in runners:
         await runner.setup()
-    for port in ports:
-        # A deep accept queue: a relay may open hundreds of connections at once.
-        await web.TCPSite(runners[0], "127.0.0.1", port, backlog=4096).start()
-    await web.TCPSite(runners[1], "127.0.0.1", control).start()
+    hook_sockets = [_listen() for _ in range(codes)]
+    control = _listen()
+    for sock in hook_sockets:
+        await web.SockSite(runners[0], sock).start()
+    await web.SockSite(runners[1], control).start()
+    ports = [sock.getsockname()[1] for sock in hook_sockets]
+    sys.stdout.buffer.write(
+        orjson.dumps({"ports": ports, "control": control.getsockname()[1]}) + b"\n"
+    )
+    sys.stdout.flush()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,17 +153,23 @@ class ReceiverProcess:
     """A receiver process with ``codes`` ports; ``urls[i]`` is the endpoint of code i."""
 
     def __init__(self, codes: int, delay: float, *, stamps: bool = False) -> None:
-        self.ports = [free_port() for _ in range(codes)]
-        self.control = free_port()
+        self.codes = codes
         self.delay = delay
         self.stamps = stamps
-        self.urls = [f"http://127.0.0.1:{port}/hook" for port in self.ports]
+        self.ports: list[int] = []  # known once started
+        self.control = 0
         self._process: asyncio.subprocess.Process | None = None
         self._session: aiohttp.ClientSession | None = None
 
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}/hook" for port in self.ports]
+
     async def start(self, log_path: Path) -> None:
-        args = ["--ports", ",".join(map(str, self.ports)), "--control", str(self.control)]
-        args += ["--delay", str(self.delay)] + (["--stamps"] if self.stamps else [])
+        """Start the process and wait for the ports it bound (it picks them itself, so no
+        other socket can take one between the choice and the bind)."""
+        args = ["--codes", str(self.codes), "--delay", str(self.delay)]
+        args += ["--stamps"] if self.stamps else []
         with log_path.open("ab") as log_file:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -150,12 +177,19 @@ class ReceiverProcess:
                 "bench.receiver",
                 *args,
                 cwd=ROOT,
-                stdout=log_file,
+                stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
             )
-        await wait_for_port(self.control, 30.0, self._process)
-        for port in self.ports:
-            await wait_for_port(port, 30.0, self._process)
+        assert self._process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), 30.0)
+        except TimeoutError:
+            line = b""
+        if not line:
+            await self.stop()
+            raise RuntimeError(f"receiver did not start; see {log_path}")
+        doc = orjson.loads(line)
+        self.ports, self.control = [int(port) for port in doc["ports"]], int(doc["control"])
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
 
     @property
@@ -190,13 +224,11 @@ class ReceiverProcess:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.receiver")
-    parser.add_argument("--ports", required=True)
-    parser.add_argument("--control", type=int, required=True)
+    parser.add_argument("--codes", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--stamps", action="store_true")
     args = parser.parse_args()
-    ports = [int(port) for port in args.ports.split(",")]
-    uvloop.run(serve(ports, args.control, args.delay, args.stamps))
+    uvloop.run(serve(args.codes, args.delay, args.stamps))
 
 
 if __name__ == "__main__":

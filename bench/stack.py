@@ -68,9 +68,9 @@ def free_port() -> int:
 
     A port the kernel hands out for ``bind(0)`` is an ephemeral one, and the thousands of
     client connections of a run take ephemeral ports too: one of them can hold the port
-    before the receiver binds it. A port is free only until it is bound, and the 21 ports
-    of a receiver are picked before any is bound: without the record, two picks of one run
-    could draw the same port (a receiver then failed with "address already in use").
+    before the process it is for binds it. A port is free only until it is bound: without
+    the record, two picks of one run could draw the same port before either is bound.
+    (Receivers bind ports the kernel picks, in their own process, and need none of this.)
     """
     low = _ephemeral_low()
     for _ in range(200):
