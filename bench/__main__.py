@@ -3,11 +3,11 @@ measured in the same run (``make bench``; ``make bench QUICK=1`` for ``--quick``
 
 Scenarios (``--only`` takes their names, comma-separated): ``limit``, ``fast``,
 ``faststream``, ``naive``, ``slow``, ``latency``, ``backlog``, ``scaling`` (or one of its
-halves: ``inflight``, ``processes``). The limit runs
-whenever a chosen scenario needs it as a reference, and once more at the end of the run, so
-that the tables show how far the machine drifted while it ran. A full or quick run of every scenario
-writes its tables into BENCHMARKS.md (its own marked section each); a partial run
-(``--only``, ``--events``) only prints them unless ``--write``; ``--no-write`` never writes.
+halves: ``inflight``, ``processes``). The limit runs whenever a chosen scenario needs it as
+a reference, and once more at the end of the run, so that the tables show how far the
+machine drifted while it ran. A full or quick run of every scenario writes its tables into
+BENCHMARKS.md (its own marked section each); a partial run (``--only``, ``--events``) only
+prints them unless ``--write``; ``--no-write`` never writes.
 Logs of every process go to ``.local/bench/<time>/``. The service runs with its default
 ``LOG_LEVEL`` (``info``); ``BENCH_LOG_LEVEL=warning`` measures it with fewer log lines.
 """
@@ -87,7 +87,8 @@ def _steps(ctx: Context, chosen: list[str]) -> list[Step]:
     async def run_limit() -> None:
         ctx.results.limit = await limit.run(ctx)
 
-    if "limit" in chosen or NEED_LIMIT.intersection(chosen):
+    with_limit = "limit" in chosen or bool(NEED_LIMIT.intersection(chosen))
+    if with_limit:
         steps.append(("1 limit", run_limit))
     if {"fast", "faststream", "naive"}.intersection(chosen):
         steps.append(
@@ -112,7 +113,7 @@ def _steps(ctx: Context, chosen: list[str]) -> list[Step]:
         steps.append(("4 latency", lambda: latency.run(ctx)))
     if "backlog" in chosen:
         steps.append(("5 backlog", lambda: backlog.run(ctx)))
-    halves = {"inflight", "processes"}.intersection(chosen)
+    halves = set(SCALING_HALVES).intersection(chosen)
     if "scaling" in chosen or halves:
         both = "scaling" in chosen
         steps.append(
@@ -125,7 +126,7 @@ def _steps(ctx: Context, chosen: list[str]) -> list[Step]:
                 ),
             )
         )
-    if len(steps) > 1 and steps[0][0] == "1 limit":
+    if with_limit and len(steps) > 1:
         # The same reference once more after everything else: how far the machine
         # itself drifted over the run, beside the ratios taken against the first.
         async def run_limit_again() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -130,6 +131,8 @@ async def serve(codes: int, delay: float, stamps: bool) -> None:
         orjson.dumps({"ports": ports, "control": control.getsockname()[1]}) + b"\n"
     )
     sys.stdout.flush()
+    # Nobody reads the pipe after that line: anything written later goes to the log.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

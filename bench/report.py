@@ -64,7 +64,7 @@ def _limit_row(name: str, limit: Limit, first: Limit) -> list[str]:
     ]
 
 
-def limit_drift(results: Results) -> str:
+def _limit_drift(results: Results) -> str:
     """How far the limit moved between its measurements at the start and the end of a run:
     the machine's own drift, which every ratio against the first measurement carries."""
     first, again = results.limit, results.limit_again
@@ -121,7 +121,7 @@ def throughput_lines(results: Results) -> list[str]:
     if limit is not None and results.limit_again is not None:
         rows.append(_limit_row("1 limit, again at the end", results.limit_again, limit))
     lines = _table(header, rows)
-    drift = limit_drift(results)
+    drift = _limit_drift(results)
     if drift:
         lines += ["", drift]
     speedups = []

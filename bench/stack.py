@@ -16,7 +16,6 @@ import re
 import signal
 import socket
 import sys
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,25 +88,6 @@ def free_port() -> int:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:8]
-
-
-async def wait_for_port(
-    port: int, timeout: float, process: asyncio.subprocess.Process | None = None
-) -> None:
-    """Wait until something accepts connections on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.returncode is not None:
-            raise RuntimeError(f"process {process.pid} exited ({process.returncode}) early")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on port {port} in {timeout:.0f} s") from None
-            await asyncio.sleep(0.05)
-        else:
-            writer.close()
-            return
 
 
 class Kafka:

@@ -1,4 +1,5 @@
-"""The bench's receiver ports: free, below the ephemeral range, never handed out twice."""
+"""Ports for the service processes the bench starts: free, below the ephemeral range, never
+handed out twice."""
 
 from __future__ import annotations
 
