@@ -1,13 +1,12 @@
 """Refuse webhook targets that are not public addresses (CONTRACT section 6).
 
 Unless ``ALLOW_PRIVATE_ENDPOINTS`` is set, a webhook may only reach a public address. The
-check runs on the addresses a name resolves to, so a public-looking name that resolves to
-``127.0.0.1`` is caught, and aiohttp connects only to the addresses that passed it (it keeps
-the filtered list in its DNS cache). aiohttp does not call the resolver for a host that is
-an IP literal, so the sender checks those with ``literal_address`` before connecting.
+check runs on the addresses a name resolves to (``consumer.delivery.connections.Resolver``),
+so a public-looking name that resolves to ``127.0.0.1`` is caught, and the sender connects
+only to the addresses that passed it. A host that is an IP literal is never resolved: the
+sender checks it with ``literal_address`` before connecting.
 
-``is_blocked_address`` and ``literal_address`` are pure; ``GuardedResolver`` wraps an
-aiohttp resolver.
+Both functions here are pure.
 """
 
 from __future__ import annotations
@@ -16,10 +15,6 @@ import ipaddress
 import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Final
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-
-from consumer.errors import EndpointBlocked
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -109,25 +104,3 @@ def literal_address(host: str) -> IPAddress | None:
         return IPv4Address(socket.inet_aton(text))
     except OSError:
         return None
-
-
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that drops blocked addresses from what ``inner`` resolves.
-
-    Raises ``EndpointBlocked`` when no address is left.
-    """
-
-    def __init__(self, inner: AbstractResolver) -> None:
-        self._inner = inner
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        resolved = await self._inner.resolve(host, port, family)
-        allowed = [entry for entry in resolved if not is_blocked_address(entry["host"])]
-        if not allowed:
-            raise EndpointBlocked(host)
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()

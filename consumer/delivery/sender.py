@@ -1,15 +1,17 @@
-"""POST webhook requests with aiohttp; every HTTP-level outcome becomes an ``AttemptResult``.
+"""POST webhook requests over HTTP/1.1; every HTTP-level outcome becomes an ``AttemptResult``.
 
-One ``ClientSession`` is shared by all deliveries. The body and headers of a
-``WebhookRequest`` go out byte for byte, redirects are not followed, and the response body
-is read up to ``max_response_bytes`` and otherwise dropped. Timeouts, connection problems
-and refused targets become ``error`` codes (``timeout``, ``connection_error``,
-``endpoint_blocked``, ``invalid_url``, ``invalid_request``) for ``consumer.delivery.retry_policy``;
-only a programming error raises.
+The connections are this package's own (``consumer.delivery.connections`` and ``http1``,
+with llhttp parsing the responses): a webhook is one small POST, and aiohttp's
+``ClientSession`` spent several times the CPU of everything else on it. The body and
+headers of a ``WebhookRequest`` go out byte for byte, redirects are not followed, and the
+response body is read up to ``max_response_bytes`` and otherwise dropped. Timeouts,
+connection problems and refused targets become ``error`` codes (``timeout``,
+``connection_error``, ``endpoint_blocked``, ``invalid_url``, ``invalid_request``) for
+``consumer.delivery.retry_policy``; only a programming error raises.
 
 A semaphore per origin (scheme, host and port), taken before the clock starts, keeps one
-slow receiver from taking every connection; a global one of ``max_connections`` keeps
-aiohttp's own pool from making requests queue inside the timed part.
+slow receiver from taking every connection; a global one of ``max_connections`` bounds the
+requests in flight.
 """
 
 from __future__ import annotations
@@ -19,17 +21,12 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
-import aiohttp
 import structlog
-from aiohttp import hdrs
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from consumer.delivery.endpoint_guard import (
-    GuardedResolver,
-    is_blocked_address,
-    literal_address,
-)
+from consumer.delivery.connections import ConnectionPool, Origin
+from consumer.delivery.endpoint_guard import is_blocked_address, literal_address
+from consumer.delivery.http1 import BodyEnd, Response, encode_request
 from consumer.delivery.retry_policy import AttemptResult
 from consumer.delivery.webhook import WebhookRequest
 from consumer.errors import EndpointBlocked
@@ -43,11 +40,36 @@ def origin(url: URL) -> str:
     return f"{url.scheme}://{url.host}:{url.port}"
 
 
+# Sent with every request, after the request line and Host.
+_FIXED_HEADERS = "Accept: */*\r\n"
+
+
+def _origin_of(url: URL) -> Origin | None:
+    """Where ``url`` leads and how each request to it starts; None for a URL that cannot be
+    sent to: not http(s), no host, credentials in it, or a numeric host that is not a
+    canonical IPv4 address (``127.1``, ``2130706433``: spellings that hide an address)."""
+    host = url.raw_host
+    if url.scheme not in ("http", "https") or not host or url.raw_user is not None:
+        return None
+    literal = literal_address(host)
+    numeric = ":" not in host and host.rstrip(".").rsplit(".", 1)[-1].isdigit()
+    if numeric and (literal is None or str(literal) != host):
+        return None
+    path = url.raw_path_qs or "/"
+    head = f"POST {path} HTTP/1.1\r\nHost: {url.host_port_subcomponent}\r\n{_FIXED_HEADERS}"
+    return Origin(
+        key=origin(url),
+        tls=url.scheme == "https",
+        host=host,
+        port=url.port or (443 if url.scheme == "https" else 80),
+        literal=literal,
+        head=head.encode("ascii"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
-    url: URL
-    origin: str
-    blocked: bool  # an address literal ALLOW_PRIVATE_ENDPOINTS=false refuses
+    origin: Origin | None  # None: an address literal ALLOW_PRIVATE_ENDPOINTS=false refuses
 
 
 _TARGETS_MAX = 10_000
@@ -79,18 +101,16 @@ class WebhookSender:
             raise ValueError(
                 "max_per_host and max_connections must be >= 1, max_response_bytes >= 0"
             )
-        self._timeout = aiohttp.ClientTimeout(
-            total=total_timeout, connect=connect_timeout, sock_connect=connect_timeout
-        )
+        self._connect_timeout = connect_timeout
+        self._total_timeout = total_timeout
         self._max_response_bytes = max_response_bytes
         self._max_per_host = max_per_host
         self._max_connections = max_connections
         self._allow_private = allow_private_endpoints
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: GuardedResolver | None = None
+        self._pool: ConnectionPool | None = None
         self._connections: asyncio.Semaphore | None = None
         self._hosts: dict[str, _HostSlots] = {}
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[str, _Target | None] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WebhookSender:
@@ -104,30 +124,20 @@ class WebhookSender:
         )
 
     async def start(self) -> None:
-        if self._session is not None:
+        if self._pool is not None:
             return
-        resolver = None if self._allow_private else GuardedResolver(DefaultResolver())
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=self._max_per_host,
-            resolver=resolver,
+        self._pool = ConnectionPool(
+            connect_timeout=min(self._connect_timeout, self._total_timeout),
+            guard=not self._allow_private,
         )
         self._connections = asyncio.Semaphore(self._max_connections)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            trust_env=False,
-            auto_decompress=False,
-        )
-        # The connector closes only resolvers it made itself.
-        self._resolver = resolver
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-        if self._resolver is not None:
-            await self._resolver.close()
-            self._resolver = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+            # Let the transports deliver their connection_lost before the loop moves on.
+            await asyncio.sleep(0)
 
     async def __aenter__(self) -> WebhookSender:
         await self.start()
@@ -152,132 +162,130 @@ class WebhookSender:
         return slots.users - slots.in_flight if slots is not None else 0
 
     def _target(self, raw: str) -> _Target | None:
-        """``raw`` parsed, its origin and whether it names a refused address literal; kept
-        per URL (there is one per tracking code). None for a URL that does not parse."""
-        target = self._targets.get(raw)
-        if target is None:
-            try:
-                url = URL(raw)
-            except ValueError:
-                return None
+        """Where ``raw`` leads and whether it names a refused address literal; kept per URL
+        (there is one per tracking code). None for a URL that cannot be sent to."""
+        try:
+            return self._targets[raw]
+        except KeyError:
+            pass
+        target: _Target | None = None
+        try:
+            url = URL(raw)
+        except ValueError:
+            url = None
+        if url is not None:
             literal = literal_address(url.raw_host or "")
-            blocked = (
-                not self._allow_private and literal is not None and is_blocked_address(literal)
-            )
-            target = _Target(url, origin(url), blocked)
-            if len(self._targets) >= _TARGETS_MAX:
-                self._targets.clear()
-            self._targets[raw] = target
+            if not self._allow_private and literal is not None and is_blocked_address(literal):
+                target = _Target(None)
+            else:
+                where = _origin_of(url)
+                target = _Target(where) if where is not None else None
+        if len(self._targets) >= _TARGETS_MAX:
+            self._targets.clear()
+        self._targets[raw] = target
         return target
 
     async def send(self, request: WebhookRequest) -> AttemptResult:
         """POST ``request`` once. HTTP-level problems come back as ``AttemptResult.error``."""
-        if self._session is None or self._connections is None:
+        if self._pool is None or self._connections is None:
             raise RuntimeError("WebhookSender.send() called before start()")
-        session, connections = self._session, self._connections
+        pool, connections = self._pool, self._connections
         target = self._target(request.url)
         if target is None:
             return AttemptResult(status=None, latency_ms=0.0, error="invalid_url")
-        if target.blocked:
+        if target.origin is None:
             log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
             return AttemptResult(status=None, latency_ms=0.0, error="endpoint_blocked")
-        slots = self._hosts.get(target.origin)
+        key = target.origin.key
+        slots = self._hosts.get(key)
         if slots is None:
-            slots = self._hosts[target.origin] = _HostSlots(asyncio.Semaphore(self._max_per_host))
+            slots = self._hosts[key] = _HostSlots(asyncio.Semaphore(self._max_per_host))
         slots.users += 1
         try:
             async with slots.semaphore, connections:
                 slots.in_flight += 1
                 try:
-                    return await self._timed(session, target.url, request)
+                    return await self._timed(pool, target.origin, request)
                 finally:
                     slots.in_flight -= 1
         finally:
             slots.users -= 1
             if slots.users == 0:
-                del self._hosts[target.origin]
+                del self._hosts[key]
 
     async def _timed(
-        self, session: aiohttp.ClientSession, url: URL, request: WebhookRequest
+        self, pool: ConnectionPool, where: Origin, request: WebhookRequest
     ) -> AttemptResult:
         """One POST, holding its slots, timed from the moment it goes out."""
         # Waiting for a slot may take a while: the timestamp is that of the POST itself.
         request = request.stamped(int(time.time()))
+        try:
+            payload = encode_request(where.head, request.headers, request.body)
+        except ValueError as exc:
+            # A header that cannot be written as is: the request as built can never be sent,
+            # so the attempt fails for good, and nothing goes out.
+            log.warning(
+                "webhook_request_invalid",
+                endpoint_host=request.endpoint_host,
+                error_type=type(exc).__name__,
+            )
+            return AttemptResult(status=None, latency_ms=0.0, error="invalid_request")
         # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
         started = time.perf_counter()
         status: int | None = None
         retry_after: str | None = None
         error: str | None = None
         try:
-            status, retry_after = await self._post(session, url, request)
+            response = await self._post(pool, where, payload)
         except EndpointBlocked:
             log.warning("webhook_endpoint_blocked", endpoint_host=request.endpoint_host)
             error = "endpoint_blocked"
         except TimeoutError:
             error = "timeout"
-        except aiohttp.InvalidURL:
-            error = "invalid_url"
-        except ValueError as exc:
-            # aiohttp refuses to send a header with control characters: the request as
-            # built can never be sent, so the attempt fails for good.
-            log.warning(
-                "webhook_request_invalid",
-                endpoint_host=request.endpoint_host,
-                error_type=type(exc).__name__,
-            )
-            error = "invalid_request"
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             log.info(
                 "webhook_connection_failed",
                 endpoint_host=request.endpoint_host,
                 error_type=type(exc).__name__,
             )
             error = "connection_error"
+        else:
+            status, retry_after = response.status, response.retry_after
+            if response.body_end is not BodyEnd.COMPLETE:
+                self._log_body_end(response, request.endpoint_host)
         latency_ms = (time.perf_counter() - started) * 1000.0
         return AttemptResult(
             status=status, latency_ms=latency_ms, error=error, retry_after=retry_after
         )
 
-    async def _post(
-        self, session: aiohttp.ClientSession, url: URL, request: WebhookRequest
-    ) -> tuple[int, str | None]:
-        async with session.post(
-            url,
-            data=request.body,
-            headers=request.headers,
-            allow_redirects=False,
-            timeout=self._timeout,
-        ) as response:
-            await self._drain(response, request.endpoint_host)
-            return response.status, response.headers.get(hdrs.RETRY_AFTER)
-
-    async def _drain(self, response: aiohttp.ClientResponse, host: str) -> None:
-        """Read at most ``max_response_bytes`` of the body; the status already stands.
-
-        A body that is larger, slow or cut off closes the connection instead of failing
-        the attempt: the receiver has answered.
-        """
-        received = 0
+    async def _post(self, pool: ConnectionPool, where: Origin, payload: bytes) -> Response:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._total_timeout
+        connection = await pool.acquire(where)
         try:
-            while received < self._max_response_bytes:
-                chunk = await response.content.read(self._max_response_bytes - received)
-                if not chunk:
-                    return
-                received += len(chunk)
-            if response.content.at_eof():
-                return
+            response = await connection.exchange(payload, deadline, self._max_response_bytes)
+        except BaseException:
+            connection.close()  # cancelled or failed mid-exchange: never reused
+            pool.release(where, connection)
+            raise
+        pool.release(where, connection)
+        return response
+
+    def _log_body_end(self, response: Response, host: str) -> None:
+        """A body larger than the cap, cut off or too slow closed the connection; the
+        attempt stands, since the receiver has answered."""
+        if response.body_end is BodyEnd.TRUNCATED:
             log.info(
                 "webhook_response_truncated",
                 endpoint_host=host,
                 status=response.status,
-                read_bytes=received,
+                read_bytes=response.read_bytes,
             )
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        else:
             log.info(
                 "webhook_response_unread",
                 endpoint_host=host,
                 status=response.status,
-                read_bytes=received,
-                error_type=type(exc).__name__,
+                read_bytes=response.read_bytes,
+                error_type=response.problem,
             )
-        response.close()

@@ -375,7 +375,7 @@ async def test_malformed_url_is_reported_not_raised(make_sender: SenderFactory, 
 async def test_header_with_a_control_character_fails_as_invalid_request(
     receiver: Receiver, make_sender: SenderFactory
 ) -> None:
-    """A header aiohttp refuses to write is a permanent failure, not a crash; nothing is sent."""
+    """A header that cannot be written is a permanent failure, not a crash; nothing is sent."""
     sender = await make_sender(allow_private_endpoints=True)
     request = WebhookRequest(
         url=receiver.url,

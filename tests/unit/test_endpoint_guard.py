@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from consumer.delivery.endpoint_guard import (
-    GuardedResolver,
-    is_blocked_address,
-    literal_address,
-)
+from consumer.delivery.connections import Resolver, getaddrinfo
+from consumer.delivery.endpoint_guard import is_blocked_address, literal_address
 from consumer.errors import EndpointBlocked
 
 BLOCKED = [
@@ -101,47 +96,52 @@ def test_host_name_is_not_an_ip_literal(host: str) -> None:
     assert literal_address(host) is None
 
 
-class _FixedResolver(AbstractResolver):
-    """Answers every name with the given addresses."""
+class Fixed:
+    """A lookup that answers every name with ``addresses``, and records what it was asked."""
 
     def __init__(self, *addresses: str) -> None:
-        self.addresses = addresses
-        self.closed = False
+        self.addresses = list(addresses)
+        self.calls: list[tuple[str, int]] = []
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            ResolveResult(
-                hostname=host,
-                host=address,
-                port=port,
-                family=socket.AF_INET6 if ":" in address else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for address in self.addresses
-        ]
-
-    async def close(self) -> None:
-        self.closed = True
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.calls.append((host, port))
+        return self.addresses
 
 
 async def test_resolver_drops_blocked_addresses_and_keeps_public_ones() -> None:
-    resolver = GuardedResolver(_FixedResolver("10.0.0.5", "93.184.216.34", "::1"))
-    resolved = await resolver.resolve("hooks.example.edu", 443)
-    assert [entry["host"] for entry in resolved] == ["93.184.216.34"]
+    resolver = Resolver(guard=True, lookup=Fixed("10.0.0.5", "93.184.216.34", "::1"))
+    assert await resolver.resolve("hooks.example.edu", 443) == ["93.184.216.34"]
 
 
 async def test_resolver_refuses_a_name_whose_every_address_is_blocked() -> None:
-    resolver = GuardedResolver(_FixedResolver("127.0.0.1", "::1"))
+    resolver = Resolver(guard=True, lookup=Fixed("127.0.0.1", "::1"))
     with pytest.raises(EndpointBlocked) as caught:
         await resolver.resolve("rebind.example.com", 80)
     assert caught.value.host == "rebind.example.com"
     assert not caught.value.retriable
 
 
-async def test_resolver_close_closes_the_inner_resolver() -> None:
-    inner = _FixedResolver("93.184.216.34")
-    await GuardedResolver(inner).close()
-    assert inner.closed
+async def test_resolver_without_the_guard_keeps_every_address() -> None:
+    resolver = Resolver(guard=False, lookup=Fixed("127.0.0.1", "::1"))
+    assert await resolver.resolve("localhost", 80) == ["127.0.0.1", "::1"]
+
+
+async def test_resolver_answers_from_its_cache_within_the_ttl() -> None:
+    lookup = Fixed("93.184.216.34")
+    resolver = Resolver(guard=True, ttl=60.0, lookup=lookup)
+    await resolver.resolve("hooks.example.edu", 443)
+    await resolver.resolve("hooks.example.edu", 443)
+    await resolver.resolve("hooks.example.edu", 8443)
+    assert lookup.calls == [("hooks.example.edu", 443), ("hooks.example.edu", 8443)]
+
+
+async def test_resolver_asks_again_once_the_ttl_has_passed() -> None:
+    lookup = Fixed("93.184.216.34")
+    resolver = Resolver(guard=True, ttl=0.0, lookup=lookup)
+    await resolver.resolve("hooks.example.edu", 443)
+    await resolver.resolve("hooks.example.edu", 443)
+    assert len(lookup.calls) == 2
+
+
+async def test_getaddrinfo_reads_localhost_from_the_system() -> None:
+    assert "127.0.0.1" in await getaddrinfo("localhost", 80)
