@@ -87,9 +87,14 @@ def _steps(ctx: Context, chosen: list[str]) -> list[Step]:
     async def run_limit() -> None:
         ctx.results.limit = await limit.run(ctx)
 
+    async def run_limit_sender() -> None:
+        ctx.results.limit_sender = await limit.run(ctx, client="sender")
+
     with_limit = "limit" in chosen or bool(NEED_LIMIT.intersection(chosen))
     if with_limit:
         steps.append(("1 limit", run_limit))
+    if "limit" in chosen or "fast" in chosen:
+        steps.append(("1 the service's sender", run_limit_sender))
     if {"fast", "faststream", "naive"}.intersection(chosen):
         steps.append(
             (

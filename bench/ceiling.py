@@ -1,4 +1,4 @@
-"""The limit: a bare aiohttp loop POSTing pre-built webhooks, no Kafka, no Postgres.
+"""The limit: a bare client loop POSTing pre-built webhooks, no Kafka, no Postgres.
 
 Run as ``python -m bench.ceiling`` (the limit scenario starts it as its own process) with
 the receivers' URLs, one per tracking code. It builds the requests first, exactly as the
@@ -8,6 +8,11 @@ benchmark's mix, then POSTs ``--count`` of them (cycling) from ``--concurrency``
 on uvloop, with at most ``--per-host`` connections to one origin, as the service's
 ``MAX_IN_FLIGHT_PER_HOST`` allows. It prints one JSON line: requests, seconds, and the CPU
 (user + system, from ``getrusage``) this process used while POSTing, building excluded.
+
+``--client aiohttp`` (the default) POSTs with an aiohttp ``ClientSession``, the issue's
+reference. ``--client sender`` POSTs with the service's own ``WebhookSender``, which also
+stamps and signs each request as it goes out, as in the service: the floor of the client
+the service uses, so the service's overhead beyond its client can be read off.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import uvloop
 
 from bench.events import EventMix
 from bench.stack import SIGNING_SECRET
-from consumer.delivery.webhook import build_body, build_request
+from consumer.delivery.sender import WebhookSender
+from consumer.delivery.webhook import WebhookRequest, build_body, build_request, signing_key
 from consumer.events import parse_event
 from consumer.tracking_codes import TrackingCode
 
@@ -83,6 +89,41 @@ async def post_all(
     return {"requests": count, "seconds": seconds, "cpu": cpu, "failures": failures}
 
 
+async def send_all(requests: list[Prepared], count: int, concurrency: int) -> dict[str, float]:
+    """As ``post_all``, through the service's ``WebhookSender`` (its default per-origin
+    limit, which the workers never exceed)."""
+    webhooks = [
+        WebhookRequest(
+            url=item.url,
+            headers=item.headers,
+            body=item.body,
+            endpoint_host="127.0.0.1",
+            webhook_id=item.headers["webhook-id"],
+            timestamp=int(item.headers["webhook-timestamp"]),
+            signing_key=signing_key(SIGNING_SECRET),
+        )
+        for item in requests
+    ]
+    async with WebhookSender(allow_private_endpoints=True) as sender:
+        source = iter(range(count))
+        items = cycle(webhooks)
+        failures = 0
+
+        async def worker() -> None:
+            nonlocal failures
+            for _ in source:
+                result = await sender.send(next(items))
+                failures += result.status != 200
+
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"requests": count, "seconds": seconds, "cpu": cpu, "failures": failures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
     parser.add_argument("--urls", required=True, help="comma-separated, one per code")
@@ -91,9 +132,13 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--per-host", type=int, required=True)
+    parser.add_argument("--client", choices=("aiohttp", "sender"), default="aiohttp")
     args = parser.parse_args()
     requests = prepare(args.urls.split(","), args.tests, min(args.distinct, args.count))
-    result = uvloop.run(post_all(requests, args.count, args.concurrency, args.per_host))
+    if args.client == "sender":
+        result = uvloop.run(send_all(requests, args.count, args.concurrency))
+    else:
+        result = uvloop.run(post_all(requests, args.count, args.concurrency, args.per_host))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
 
 

@@ -48,10 +48,13 @@ def _cores(busy: float) -> str:
     return "" if math.isnan(busy) else f"{busy:.2f} of {os.cpu_count() or 1} cores"
 
 
+_CLIENTS = {"aiohttp": "bare aiohttp", "sender": "bare WebhookSender (the service's)"}
+
+
 def _limit_row(name: str, limit: Limit, first: Limit) -> list[str]:
     return [
         name,
-        f"bare aiohttp, {limit.concurrency:,} workers, {limit.per_host}/origin",
+        f"{_CLIENTS[limit.client]}, {limit.concurrency:,} workers, {limit.per_host}/origin",
         f"{limit.requests:,}",
         f"{limit.seconds:.1f} s",
         _n(limit.rate),
@@ -78,11 +81,32 @@ def _limit_drift(results: Results) -> str:
     )
 
 
+def _beyond_sender(results: Results) -> str:
+    """The service's CPU per webhook in scenario 2 against a bare loop of its own sender:
+    what the pipeline around the HTTP client costs."""
+    sender = results.limit_sender
+    service = next(
+        (r for r in results.throughput if r.scenario == "2 fast" and r.relay == "service"),
+        None,
+    )
+    if sender is None or service is None or not service.window.webhooks:
+        return ""
+    cpu_ms = service.window.cpu_ms
+    return (
+        f"Against a bare loop of its own sender ({sender.cpu_ms:.3f} ms per request), the "
+        f"service spends {cpu_ms / sender.cpu_ms:.2f}x the CPU per webhook in scenario 2: "
+        f"{cpu_ms - sender.cpu_ms:.3f} ms of each webhook goes to Kafka, Postgres, the "
+        "pipeline and its bookkeeping."
+    )
+
+
 def throughput_lines(results: Results) -> list[str]:
     limit = results.limit
     rows: list[list[str]] = []
     if limit is not None:
         rows.append(_limit_row("1 limit", limit, limit))
+        if results.limit_sender is not None:
+            rows.append(_limit_row("1 the service's sender", results.limit_sender, limit))
     for row in results.throughput:
         window = row.window
         ratio = f"{window.rate / row.reference:.2f}" if row.reference else ""
@@ -124,6 +148,9 @@ def throughput_lines(results: Results) -> list[str]:
     drift = _limit_drift(results)
     if drift:
         lines += ["", drift]
+    beyond = _beyond_sender(results)
+    if beyond:
+        lines += ["", beyond]
     speedups = []
     for scenario in ("2 fast", "3 slow"):
         by_relay = {r.relay: r.window.rate for r in results.throughput if r.scenario == scenario}

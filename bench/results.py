@@ -10,13 +10,15 @@ from bench.window import Window
 
 @dataclass(frozen=True, slots=True)
 class Limit:
-    """The bare aiohttp loop: requests POSTed, wall seconds, CPU seconds of its process."""
+    """A bare client loop: requests POSTed, wall seconds, CPU seconds of its process.
+    ``client`` is ``aiohttp`` (the limit) or ``sender`` (the service's own sender)."""
 
     requests: int
     seconds: float
     cpu_seconds: float
     concurrency: int
     per_host: int
+    client: str = "aiohttp"
 
     @property
     def rate(self) -> float:
@@ -70,6 +72,7 @@ class Backlog:
 class Results:
     limit: Limit | None = None
     limit_again: Limit | None = None  # measured once more at the end of a run, for drift
+    limit_sender: Limit | None = None  # the same loop through the service's WebhookSender
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
     backlog: list[Backlog] = field(default_factory=list)

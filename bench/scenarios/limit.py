@@ -6,6 +6,9 @@ origins, no Kafka, no Postgres. More workers do not raise the ceiling: 1,000 (th
 ``MAX_IN_FLIGHT``) measured 40% lower on the 2-core machine, since the receivers and the
 client then juggle ten times the connections for the same two cores. The POSTing runs in its
 own process (``bench.ceiling``), which reports the CPU it used while POSTing.
+
+With ``client="sender"`` the same loop POSTs through the service's own ``WebhookSender``
+instead: not the reference of any ratio, but the floor of the client the service uses.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from bench.results import Limit
 from bench.stack import ROOT, new_run_id
 
 
-async def run(ctx: Context) -> Limit:
+async def run(ctx: Context, client: str = "aiohttp") -> Limit:
     plan, settings = ctx.plan, ctx.settings
     per_host = settings.max_in_flight_per_host
     concurrency = per_host
     run_id = new_run_id()
     receiver = ReceiverProcess(plan.codes, 0.0)
-    ctx.say(f"limit: {plan.limit_requests:,} POSTs, {concurrency} workers, {per_host} per origin")
+    ctx.say(
+        f"limit ({client}): {plan.limit_requests:,} POSTs, {concurrency} workers, "
+        f"{per_host} per origin"
+    )
     await receiver.start(ctx.log_dir / f"limit-{run_id}-receiver.log")
     try:
         with (ctx.log_dir / f"limit-{run_id}-ceiling.log").open("ab") as log_file:
@@ -45,6 +51,8 @@ async def run(ctx: Context) -> Limit:
                 str(concurrency),
                 "--per-host",
                 str(per_host),
+                "--client",
+                client,
                 cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
@@ -64,6 +72,7 @@ async def run(ctx: Context) -> Limit:
         cpu_seconds=float(doc["cpu"]),
         concurrency=concurrency,
         per_host=per_host,
+        client=client,
     )
-    ctx.say(f"limit: {limit.rate:,.0f} requests/s, {limit.cpu_ms:.3f} ms CPU each")
+    ctx.say(f"limit ({client}): {limit.rate:,.0f} requests/s, {limit.cpu_ms:.3f} ms CPU each")
     return limit

@@ -1,15 +1,27 @@
-"""The throughput table shows the limit measured again at the end of a run, and its drift."""
+"""The throughput table shows the limit measured again at the end of a run, and its drift,
+and the service's own sender in a bare loop, with what the service spends beyond it."""
 
 from __future__ import annotations
 
 from bench.report import throughput_lines
-from bench.results import Limit, Results
+from bench.results import Limit, Results, Throughput
+from bench.window import Window
 
 
-def _limit(seconds: float, cpu_seconds: float) -> Limit:
+def _limit(seconds: float, cpu_seconds: float, client: str = "aiohttp") -> Limit:
     return Limit(
-        requests=1_000, seconds=seconds, cpu_seconds=cpu_seconds, concurrency=100, per_host=100
+        requests=1_000,
+        seconds=seconds,
+        cpu_seconds=cpu_seconds,
+        concurrency=100,
+        per_host=100,
+        client=client,
     )
+
+
+def _service(cpu_seconds: float) -> Throughput:
+    window = Window(webhooks=1_000, seconds=1.0, cpu_seconds=cpu_seconds, drained=True)
+    return Throughput("2 fast", "service", 1_000, window, 2_000.0, "limit")
 
 
 def test_a_second_limit_gets_its_own_row_against_the_first() -> None:
@@ -34,3 +46,32 @@ def test_one_limit_alone_has_no_drift_line() -> None:
     lines = throughput_lines(Results(limit=_limit(1.0, 0.2)))
     assert len(lines) == 3
     assert not any(line.startswith("The limit") for line in lines)
+
+
+def test_the_services_sender_gets_a_row_against_the_limit() -> None:
+    results = Results(limit=_limit(1.0, 0.2), limit_sender=_limit(0.5, 0.05, "sender"))
+    [row] = [line for line in throughput_lines(results) if "sender" in line]
+    cells = [cell.strip() for cell in row.split("|")]
+    assert cells[1:3] == [
+        "1 the service's sender",
+        "bare WebhookSender (the service's), 100 workers, 100/origin",
+    ]
+    assert cells[8:10] == ["0.050 ms", "0.25"]
+
+
+def test_the_service_is_set_against_its_own_senders_bare_loop() -> None:
+    results = Results(
+        limit=_limit(1.0, 0.2),
+        limit_sender=_limit(0.5, 0.05, "sender"),
+        throughput=[_service(0.3)],
+    )
+    [line] = [line for line in throughput_lines(results) if line.startswith("Against")]
+    assert line.startswith(
+        "Against a bare loop of its own sender (0.050 ms per request), the service spends "
+        "6.00x the CPU per webhook in scenario 2: 0.250 ms of each webhook"
+    )
+
+
+def test_without_the_senders_loop_there_is_no_such_line() -> None:
+    results = Results(limit=_limit(1.0, 0.2), throughput=[_service(0.3)])
+    assert not any(line.startswith("Against") for line in throughput_lines(results))
