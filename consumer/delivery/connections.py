@@ -15,7 +15,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
@@ -33,7 +33,9 @@ class Origin:
     host: str  # as it goes to the resolver and into TLS's server name
     port: int
     literal: IPv4Address | IPv6Address | None  # the address, when the host is an IP literal
-    head: bytes  # "POST <path> HTTP/1.1", Host and the fixed headers of every request
+    # "POST <path> HTTP/1.1", Host and the fixed headers of every request; the path's
+    # query may carry credentials (auth_method query), so it stays out of repr.
+    head: bytes = field(repr=False)
 
 
 Lookup = Callable[[str, int], Awaitable[list[str]]]
