@@ -94,10 +94,10 @@ class ConnectionPool:
         self._tls: ssl.SSLContext | None = None
         self._next_sweep = 0.0
 
-    async def acquire(self, origin: Origin) -> Http1Connection:
-        """A connection to ``origin``. Raises ``EndpointBlocked``, ``TimeoutError`` (after
-        ``connect_timeout``) or ``OSError``."""
-        idle = self._idle.get(origin.key)
+    async def acquire(self, origin: Origin, *, fresh: bool = False) -> Http1Connection:
+        """A connection to ``origin``, a new one if ``fresh``. Raises ``EndpointBlocked``,
+        ``TimeoutError`` (after ``connect_timeout``) or ``OSError``."""
+        idle = None if fresh else self._idle.get(origin.key)
         if idle:
             expired = asyncio.get_running_loop().time() - self._keepalive
             while idle:

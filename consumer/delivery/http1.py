@@ -8,7 +8,9 @@ complete, or as soon as its status stands but the rest cannot be had:
 - a body cut off, malformed or too slow (``unread``).
 In both cases the connection is closed, since the receiver has answered. The future fails
 with ``TimeoutError`` or a ``ConnectionError`` when no status arrived:
-- ``ServerDisconnected`` for a connection closed before the status line;
+- ``ServerDisconnected`` for a connection closed before the status line, ``StaleConnection``
+  when that connection had carried an earlier exchange and sent nothing of this one's
+  answer (the server's idle timeout won the race with the reuse);
 - ``MalformedResponse`` for a response that is not HTTP, or whose head exceeds 64 KiB.
 
 A connection may carry another exchange after a complete response the server did not ask
@@ -36,6 +38,11 @@ _NAMES_MAX: Final = 1000
 
 class ServerDisconnected(ConnectionError):
     """The connection closed before the response's status line arrived."""
+
+
+class StaleConnection(ServerDisconnected):
+    """A kept-alive connection closed before a single byte of the answer to its next
+    request: the race between reusing it and its server's idle timeout."""
 
 
 class MalformedResponse(ConnectionError):
@@ -98,6 +105,7 @@ class Http1Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = False
         self.idle_since = 0.0
+        self.exchanges = 0  # requests written on this connection
 
     # asyncio.Protocol
 
@@ -111,7 +119,10 @@ class Http1Connection(asyncio.Protocol):
         if self._waiter is None:
             return
         if not self._headers_done:
-            self._fail(ServerDisconnected("connection closed before the response"))
+            if self.exchanges > 1 and self._unparsed == 0:
+                self._fail(StaleConnection("kept-alive connection closed before any answer"))
+            else:
+                self._fail(ServerDisconnected("connection closed before the response"))
         elif not self._framed:
             self._finish(BodyEnd.COMPLETE)  # the body ran to the end of the connection
         else:
@@ -188,8 +199,9 @@ class Http1Connection(asyncio.Protocol):
         ``deadline`` is in ``loop.time()``."""
         waiter = self._loop.create_future()
         if self.closed or self._transport is None or self._transport.is_closing():
-            waiter.set_exception(ServerDisconnected("connection closed before the request"))
+            waiter.set_exception(StaleConnection("connection closed before the request"))
             return waiter
+        self.exchanges += 1
         self._waiter = waiter
         self._max_body = max_body
         self._head_bytes = self._unparsed = self._read = self._status = 0

@@ -26,7 +26,13 @@ from yarl import URL
 
 from consumer.delivery.connections import ConnectionPool, Origin
 from consumer.delivery.endpoint_guard import is_blocked_address, literal_address
-from consumer.delivery.http1 import BodyEnd, Response, encode_request
+from consumer.delivery.http1 import (
+    BodyEnd,
+    Http1Connection,
+    Response,
+    StaleConnection,
+    encode_request,
+)
 from consumer.delivery.retry_policy import AttemptResult
 from consumer.delivery.webhook import WebhookRequest
 from consumer.errors import EndpointBlocked
@@ -259,9 +265,25 @@ class WebhookSender:
         )
 
     async def _post(self, pool: ConnectionPool, where: Origin, payload: bytes) -> Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._total_timeout
+        deadline = asyncio.get_running_loop().time() + self._total_timeout
         connection = await pool.acquire(where)
+        try:
+            return await self._exchange(pool, where, connection, payload, deadline)
+        except StaleConnection:
+            # The server closed the kept-alive connection as the request went out, before
+            # a byte of the answer: once more on a new connection, within the same deadline.
+            # Receivers that saw the first copy have its webhook-id to tell.
+            connection = await pool.acquire(where, fresh=True)
+            return await self._exchange(pool, where, connection, payload, deadline)
+
+    async def _exchange(
+        self,
+        pool: ConnectionPool,
+        where: Origin,
+        connection: Http1Connection,
+        payload: bytes,
+        deadline: float,
+    ) -> Response:
         try:
             response = await connection.exchange(payload, deadline, self._max_response_bytes)
         except BaseException:

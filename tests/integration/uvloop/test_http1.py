@@ -160,6 +160,63 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(
     assert raw.connections == 2
 
 
+def close_after_the_first(first: bytes = OK) -> Script:
+    """Answers the first request; reads every later one and closes without a word."""
+
+    async def script(writer: asyncio.StreamWriter, number: int) -> bool:
+        if number > 1:
+            return False
+        writer.write(first)
+        await writer.drain()
+        return True
+
+    return script
+
+
+async def test_a_kept_alive_connection_closed_as_it_is_reused_is_tried_once_on_a_new_one(
+    raw: RawServer, sender: WebhookSender
+) -> None:
+    answered = 0
+
+    async def close_the_second(writer: asyncio.StreamWriter, number: int) -> bool:
+        nonlocal answered
+        if number == 2:
+            return False  # the idle timeout's race: read, then closed without an answer
+        answered += 1
+        writer.write(OK)
+        await writer.drain()
+        return True
+
+    raw.script = close_the_second
+    first = await sender.send(request_to(raw.url))
+    second = await sender.send(request_to(raw.url))
+    assert (first.status, second.status) == (200, 200)
+    assert (len(raw.requests), raw.connections, answered) == (3, 2, 2)
+
+
+async def test_the_new_connection_is_tried_only_once(raw: RawServer, sender: WebhookSender) -> None:
+    raw.script = close_after_the_first()
+    first = await sender.send(request_to(raw.url))
+    second = await sender.send(request_to(raw.url))
+    assert (first.status, second.error) == (200, "connection_error")
+    assert (len(raw.requests), raw.connections) == (3, 2)
+
+
+async def test_a_connection_cut_mid_answer_is_not_tried_again(
+    raw: RawServer, sender: WebhookSender
+) -> None:
+    async def cut_the_second(writer: asyncio.StreamWriter, number: int) -> bool:
+        writer.write(OK if number == 1 else b"HTTP/1.1 20")
+        await writer.drain()
+        return number == 1
+
+    raw.script = cut_the_second
+    await sender.send(request_to(raw.url))
+    second = await sender.send(request_to(raw.url))
+    assert second.error == "connection_error"
+    assert len(raw.requests) == 2, "part of an answer arrived: the request may have been handled"
+
+
 async def test_a_chunked_response_is_read_whole_and_the_connection_reused(
     raw: RawServer, sender: WebhookSender
 ) -> None:
@@ -243,6 +300,7 @@ async def test_no_status_is_a_connection_error(
         result = await sender.send(request_to(raw.url))
     assert (result.status, result.error) == (None, "connection_error")
     assert [entry["event"] for entry in log_events(logs)] == ["webhook_connection_failed"]
+    assert len(raw.requests) == 1, "a new connection that fails is not tried again"
 
 
 @pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.0.0.1", "127.000.0.1"])
