@@ -5,7 +5,9 @@ starts with. ``ConnectionPool.acquire`` hands out an idle connection to the orig
 one: it resolves the host (answers kept ``dns_ttl`` seconds), drops the addresses
 ``endpoint_guard`` refuses when ``guard`` is on (``EndpointBlocked`` if none is left), and
 tries the rest in order within ``connect_timeout``. ``release`` keeps a connection that can
-carry another request; one idle longer than ``keepalive`` is closed, not reused.
+carry another request, up to ``max_idle`` idle connections in all (past that, a connection
+is closed after its request: sockets stay bounded however many partners there are); one
+idle longer than ``keepalive`` is closed, not reused.
 """
 
 from __future__ import annotations
@@ -85,9 +87,12 @@ class ConnectionPool:
         guard: bool,
         keepalive: float = 15.0,
         dns_ttl: float = 10.0,
+        max_idle: int = 1000,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
+        self._max_idle = max_idle
+        self._idle_count = 0
         self._resolver = Resolver(guard=guard, ttl=dns_ttl)
         self._idle: dict[str, list[Http1Connection]] = {}
         self._open: set[Http1Connection] = set()
@@ -102,6 +107,7 @@ class ConnectionPool:
             expired = asyncio.get_running_loop().time() - self._keepalive
             while idle:
                 connection = idle.pop()
+                self._idle_count -= 1
                 if not connection.closed and connection.idle_since > expired:
                     return connection
                 self._discard(connection)
@@ -109,9 +115,11 @@ class ConnectionPool:
             return await self._connect(origin)
 
     def release(self, origin: Origin, connection: Http1Connection) -> None:
-        """Keep ``connection`` for the next request to ``origin`` if it can take one."""
-        if connection.reusable and not connection.closed:
+        """Keep ``connection`` for the next request to ``origin`` if it can take one and
+        fewer than ``max_idle`` connections wait idle."""
+        if connection.reusable and not connection.closed and self._idle_count < self._max_idle:
             self._idle.setdefault(origin.key, []).append(connection)
+            self._idle_count += 1
         else:
             self._discard(connection)
         now = asyncio.get_running_loop().time()
@@ -125,6 +133,7 @@ class ConnectionPool:
             connection.close()
         self._open.clear()
         self._idle.clear()
+        self._idle_count = 0
 
     async def _connect(self, origin: Origin) -> Http1Connection:
         loop = asyncio.get_running_loop()
@@ -166,6 +175,7 @@ class ConnectionPool:
             for connection in idle:
                 if connection not in keep:
                     self._discard(connection)
+            self._idle_count -= len(idle) - len(keep)
             if keep:
                 self._idle[key] = keep
             else:

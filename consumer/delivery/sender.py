@@ -135,6 +135,7 @@ class WebhookSender:
         self._pool = ConnectionPool(
             connect_timeout=min(self._connect_timeout, self._total_timeout),
             guard=not self._allow_private,
+            max_idle=self._max_connections,
         )
         self._connections = asyncio.Semaphore(self._max_connections)
 

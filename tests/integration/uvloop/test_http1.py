@@ -217,6 +217,21 @@ async def test_a_connection_cut_mid_answer_is_not_tried_again(
     assert len(raw.requests) == 2, "part of an answer arrived: the request may have been handled"
 
 
+async def test_idle_connections_are_kept_only_up_to_max_connections(
+    raw: RawServer,
+) -> None:
+    other = RawServer()
+    await other.start()
+    try:
+        async with WebhookSender(allow_private_endpoints=True, max_connections=1) as sender:
+            for url in (raw.url, other.url, raw.url, other.url):
+                assert (await sender.send(request_to(url))).status == 200
+    finally:
+        await other.stop()
+    assert raw.connections == 1, "the first origin's connection was kept and reused"
+    assert other.connections == 2, "the second one, one idle too many, was closed after use"
+
+
 async def test_a_chunked_response_is_read_whole_and_the_connection_reused(
     raw: RawServer, sender: WebhookSender
 ) -> None:
