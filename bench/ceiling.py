@@ -22,8 +22,9 @@ import asyncio
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from itertools import cycle
+from typing import Any
 
 import aiohttp
 import orjson
@@ -32,19 +33,12 @@ import uvloop
 from bench.events import EventMix
 from bench.stack import SIGNING_SECRET
 from consumer.delivery.sender import WebhookSender
-from consumer.delivery.webhook import WebhookRequest, build_body, build_request, signing_key
+from consumer.delivery.webhook import WebhookRequest, build_body, build_request
 from consumer.events import parse_event
 from consumer.tracking_codes import TrackingCode
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    url: str
-    headers: dict[str, str]
-    body: bytes
-
-
-def prepare(urls: list[str], tests: int, distinct: int) -> list[Prepared]:
+def prepare(urls: list[str], tests: int, distinct: int) -> list[WebhookRequest]:
     codes = [f"LIMIT{i:02d}" for i in range(len(urls))]
     tracking = {
         name: TrackingCode(code=name, endpoint_url=url, signing_secret=SIGNING_SECRET)
@@ -52,20 +46,29 @@ def prepare(urls: list[str], tests: int, distinct: int) -> list[Prepared]:
     }
     encode = EventMix(run="limit", codes=codes, tests=tests).encoder()
     now = int(time.time())
-    out: list[Prepared] = []
+    out: list[WebhookRequest] = []
     for i in range(distinct):
         key, value, _ = encode(i, f"crm-{i}")
         event = parse_event(value, key)
         code = tracking[event.tracking_code or ""]
-        body = build_body(event, code)
-        request = build_request(event, code, body, now)
-        out.append(Prepared(request.url, dict(request.headers), request.body))
+        out.append(build_request(event, code, build_body(event, code), now))
     return out
 
 
+async def _measured(workers: list[Coroutine[Any, Any, None]]) -> tuple[float, float]:
+    """Run ``workers`` to the end: wall seconds, and this process's CPU seconds meanwhile."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    await asyncio.gather(*workers)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 async def post_all(
-    requests: list[Prepared], count: int, concurrency: int, per_host: int
+    requests: list[WebhookRequest], count: int, concurrency: int, per_host: int
 ) -> dict[str, float]:
+    """Through one aiohttp ``ClientSession``, the bodies and headers exactly as built."""
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=per_host)
     async with aiohttp.ClientSession(connector=connector) as session:
         source = iter(range(count))
@@ -80,33 +83,18 @@ async def post_all(
                     await resp.read()
                     failures += resp.status != 200
 
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        seconds, cpu = await _measured([worker() for _ in range(concurrency)])
     return {"requests": count, "seconds": seconds, "cpu": cpu, "failures": failures}
 
 
-async def send_all(requests: list[Prepared], count: int, concurrency: int) -> dict[str, float]:
-    """As ``post_all``, through the service's ``WebhookSender`` (its default per-origin
-    limit, which the workers never exceed)."""
-    webhooks = [
-        WebhookRequest(
-            url=item.url,
-            headers=item.headers,
-            body=item.body,
-            endpoint_host="127.0.0.1",
-            webhook_id=item.headers["webhook-id"],
-            timestamp=int(item.headers["webhook-timestamp"]),
-            signing_key=signing_key(SIGNING_SECRET),
-        )
-        for item in requests
-    ]
+async def send_all(
+    requests: list[WebhookRequest], count: int, concurrency: int
+) -> dict[str, float]:
+    """Through the service's ``WebhookSender`` (its default per-origin limit, which the
+    workers never exceed); it stamps and signs each request as it goes out."""
     async with WebhookSender(allow_private_endpoints=True) as sender:
         source = iter(range(count))
-        items = cycle(webhooks)
+        items = cycle(requests)
         failures = 0
 
         async def worker() -> None:
@@ -115,12 +103,7 @@ async def send_all(requests: list[Prepared], count: int, concurrency: int) -> di
                 result = await sender.send(next(items))
                 failures += result.status != 200
 
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        seconds, cpu = await _measured([worker() for _ in range(concurrency)])
     return {"requests": count, "seconds": seconds, "cpu": cpu, "failures": failures}
 
 

@@ -18,10 +18,9 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
-from consumer.delivery.endpoint_guard import is_blocked_address
+from consumer.delivery.endpoint_guard import IPAddress, is_blocked_address
 from consumer.delivery.http1 import Http1Connection
 from consumer.errors import EndpointBlocked
 
@@ -34,7 +33,7 @@ class Origin:
     tls: bool
     host: str  # as it goes to the resolver and into TLS's server name
     port: int
-    literal: IPv4Address | IPv6Address | None  # the address, when the host is an IP literal
+    literal: IPAddress | None  # the address, when the host is an IP literal
     # "POST <path> HTTP/1.1", Host and the fixed headers of every request; the path's
     # query may carry credentials (auth_method query), so it stays out of repr.
     head: bytes = field(repr=False)

@@ -82,7 +82,7 @@ def encode_request(head: bytes, headers: Mapping[str, str], body: bytes) -> byte
             raise ValueError("a header value holds a control character")
         lines.append(f"{name}: {value}\r\n")
     lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-    return head + "".join(lines).encode("utf-8") + body
+    return b"".join((head, "".join(lines).encode("utf-8"), body))
 
 
 class Http1Connection(asyncio.Protocol):

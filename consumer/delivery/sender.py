@@ -25,7 +25,7 @@ import structlog
 from yarl import URL
 
 from consumer.delivery.connections import ConnectionPool, Origin
-from consumer.delivery.endpoint_guard import is_blocked_address, literal_address
+from consumer.delivery.endpoint_guard import IPAddress, is_blocked_address, literal_address
 from consumer.delivery.http1 import (
     BodyEnd,
     Http1Connection,
@@ -50,14 +50,14 @@ def origin(url: URL) -> str:
 _FIXED_HEADERS = "Accept: */*\r\n"
 
 
-def _origin_of(url: URL) -> Origin | None:
-    """Where ``url`` leads and how each request to it starts; None for a URL that cannot be
-    sent to: not http(s), no host, credentials in it, or a numeric host that is not a
-    canonical IPv4 address (``127.1``, ``2130706433``: spellings that hide an address)."""
+def _origin_of(url: URL, literal: IPAddress | None) -> Origin | None:
+    """Where ``url`` leads and how each request to it starts (``literal``: the address its
+    host names, if an IP literal); None for a URL that cannot be sent to: not http(s), no
+    host, credentials in it, or a numeric host that is not a canonical IPv4 address
+    (``127.1``, ``2130706433``: spellings that hide an address)."""
     host = url.raw_host
     if url.scheme not in ("http", "https") or not host or url.raw_user is not None:
         return None
-    literal = literal_address(host)
     numeric = ":" not in host and host.rstrip(".").rsplit(".", 1)[-1].isdigit()
     if numeric and (literal is None or str(literal) != host):
         return None
@@ -185,7 +185,7 @@ class WebhookSender:
             if not self._allow_private and literal is not None and is_blocked_address(literal):
                 target = _Target(None)
             else:
-                where = _origin_of(url)
+                where = _origin_of(url, literal)
                 target = _Target(where) if where is not None else None
         if len(self._targets) >= _TARGETS_MAX:
             self._targets.clear()

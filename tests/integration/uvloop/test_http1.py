@@ -160,42 +160,35 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(
     assert raw.connections == 2
 
 
-def close_after_the_first(first: bytes = OK) -> Script:
-    """Answers the first request; reads every later one and closes without a word."""
+@dataclass
+class Silent:
+    """A script: answers OK, but reads the requests numbered in ``on`` and closes without a
+    word, as a server whose idle timeout wins the race with the client's reuse does."""
 
-    async def script(writer: asyncio.StreamWriter, number: int) -> bool:
-        if number > 1:
+    on: set[int]
+    answered: list[int] = field(default_factory=list)
+
+    async def __call__(self, writer: asyncio.StreamWriter, number: int) -> bool:
+        if number in self.on:
             return False
-        writer.write(first)
+        self.answered.append(number)
+        writer.write(OK)
         await writer.drain()
         return True
-
-    return script
 
 
 async def test_a_kept_alive_connection_closed_as_it_is_reused_is_tried_once_on_a_new_one(
     raw: RawServer, sender: WebhookSender
 ) -> None:
-    answered = 0
-
-    async def close_the_second(writer: asyncio.StreamWriter, number: int) -> bool:
-        nonlocal answered
-        if number == 2:
-            return False  # the idle timeout's race: read, then closed without an answer
-        answered += 1
-        writer.write(OK)
-        await writer.drain()
-        return True
-
-    raw.script = close_the_second
+    raw.script = script = Silent(on={2})
     first = await sender.send(request_to(raw.url))
     second = await sender.send(request_to(raw.url))
     assert (first.status, second.status) == (200, 200)
-    assert (len(raw.requests), raw.connections, answered) == (3, 2, 2)
+    assert (len(raw.requests), raw.connections, len(script.answered)) == (3, 2, 2)
 
 
 async def test_the_new_connection_is_tried_only_once(raw: RawServer, sender: WebhookSender) -> None:
-    raw.script = close_after_the_first()
+    raw.script = Silent(on={2, 3})
     first = await sender.send(request_to(raw.url))
     second = await sender.send(request_to(raw.url))
     assert (first.status, second.error) == (200, "connection_error")
