@@ -10,7 +10,9 @@ hanging one has long attempts, so few deliveries are let in and those are soon s
 the schedule: its events never fill the in-flight window.
 
 A slot that frees is handed to the first waiter (``slot_freed``); while anyone waits, a new
-delivery of the code queues behind them rather than take the slot.
+delivery of the code queues behind them rather than take the slot. A waiter woken to find
+the code's breaker open leaves with that answer and wakes the next, so the room empties at
+once when its code stops taking attempts.
 """
 
 from __future__ import annotations
@@ -78,7 +80,13 @@ class WaitingRoom:
                 self._leave(name, future)
                 raise
             admission = self.gate.admit(code, last_step=last_step)
-            if not (isinstance(admission, Hold) and admission.reason == BUSY):
+            if isinstance(admission, Hold) and admission.reason != BUSY:
+                # The breaker opened while this one waited: the waiters behind it get the
+                # same answer, so each wakes the next now rather than wait for a slot that
+                # no attempt will free.
+                self.slot_freed(name)
+                return admission
+            if not isinstance(admission, Hold):
                 return admission
 
     def _leave(self, code: str, future: asyncio.Future[None]) -> None:

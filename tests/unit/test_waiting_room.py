@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from consumer.delivery.breaker import BreakerPolicy
-from consumer.delivery.endpoints import BUSY, Admit, EndpointGate, Hold
+from consumer.delivery.endpoints import BUSY, CIRCUIT_OPEN, Admit, EndpointGate, Hold
 from consumer.delivery.waiting_room import WaitingRoom
 from consumer.tracking_codes import TrackingCode
 
@@ -117,3 +117,22 @@ def test_the_latency_estimate_follows_finished_attempts() -> None:
         gate.done(admitted, ok=True)
     assert 0.19 <= gate.latency_estimate("ACME") <= 0.21
     assert abs(gate.expected_wait("ACME", ahead=9) - 0.2) < 0.01
+
+
+async def test_waiters_leave_at_once_when_the_breaker_opens_while_they_wait() -> None:
+    """No attempt will free a slot once the breaker is open: the waiters must not sit out
+    their 2 x max_wait, each holding its place in the in-flight window."""
+    clock = Clock()
+    gate = EndpointGate(2, BreakerPolicy(min_attempts=2, failure_ratio=0.5), clock=clock)
+    room = WaitingRoom(gate, max_wait=5.0)
+    gate.on_freed = room.slot_freed
+    in_flight = [await room.admit(CODE, last_step=False) for _ in range(2)]
+    waiters = [asyncio.create_task(room.admit(CODE, last_step=False)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert room.waiting("ACME") == 5
+    for admitted in in_flight:
+        assert isinstance(admitted, Admit)
+        gate.done(admitted, ok=False)  # two failures of two: the breaker opens
+    answers = await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    assert answers == [Hold(CIRCUIT_OPEN)] * 5
+    assert room.waiting("ACME") == 0
