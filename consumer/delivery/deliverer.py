@@ -264,7 +264,10 @@ class Deliverer:
                 delay = min(jittered_later(reopens, self.rng), max(self.retry_schedule))
             due = now + timedelta(seconds=delay)
             step += 1
-        log.info("webhook_held", reason=reason, next_attempt_at=due.isoformat())
+        # At debug, like a delivery: a partner down for an hour would otherwise log a line
+        # per event. The condition itself is logged once (breaker_open, a pause), and the
+        # outcome topic and itep_webhook_outcomes_total{reason} count every hold.
+        log.debug("webhook_held", reason=reason, next_attempt_at=due.isoformat())
         host = endpoint_of(code).host
         progress = Progress(delivery.attempts, step, reason, endpoint_host=host)
         await self._to_schedule(delivery, code, progress, due)
