@@ -12,6 +12,7 @@ import random
 from datetime import UTC, datetime
 
 import orjson
+from structlog.testing import capture_logs
 
 from consumer.delivery.breaker import BreakerPolicy
 from consumer.delivery.deliverer import Deliverer, Delivery, Source, WaitingTests
@@ -202,6 +203,19 @@ async def test_a_busy_endpoint_holds_without_using_a_step() -> None:
     assert (row.reason, row.step, row.attempts) == ("endpoint_busy", 0, 0)
     assert publisher.outcomes[0].reason == "endpoint_busy"
     assert deliverer.gate.in_flight("ACME") == 1
+
+
+async def test_a_hold_is_logged_at_debug_and_counted_by_its_outcome() -> None:
+    """A partner down for an hour must not log a line per event at info; the outcome
+    counter by reason still counts every hold."""
+    deliverer, _, _, _ = make(CONTRACT_SCHEDULE, FakeSender())
+    paused = TrackingCode(code="ACME", endpoint_url=CODE.endpoint_url, paused=True)
+    with capture_logs() as logs:
+        await deliverer.deliver(delivery(), paused)
+    assert [(line["event"], line["log_level"]) for line in logs] == [("webhook_held", "debug")]
+    labels = {"outcome": "retry_scheduled", "reason": "tracking_code_paused"}
+    registry = deliverer.metrics.registry
+    assert registry.get_sample_value("itep_webhook_outcomes_total", labels) == 1
 
 
 async def test_a_paused_code_holds_every_delivery() -> None:
