@@ -220,17 +220,18 @@ def _enum(doc: Mapping[str, Any], name: str, kind: type[_E]) -> _E:
     raise InvalidEvent(name, f"must be one of {allowed}; got {value!r}")
 
 
+# Every accepted spelling, current and legacy: one dict lookup instead of an Enum call.
+_STATUSES: Final[Mapping[str, Status]] = {s.value: s for s in Status} | dict(LEGACY_STATUSES)
+
+
 def _status(doc: Mapping[str, Any], name: str, *, required: bool) -> Status | None:
     value = doc.get(name)
     if value is None and not required:
         return None
     if isinstance(value, str):
-        if value in LEGACY_STATUSES:
-            return LEGACY_STATUSES[value]
-        try:
-            return Status(value)
-        except ValueError:
-            pass
+        status = _STATUSES.get(value)
+        if status is not None:
+            return status
     allowed = ", ".join(s.value for s in Status)
     nullable = " or null" if not required else ""
     raise InvalidEvent(name, f"must be one of {allowed}{nullable}; got {value!r}")
@@ -282,6 +283,7 @@ def _cefr(value: object, path: str, field: str = "") -> str:
 
 
 _SECTION_PATHS: Final = {name: f"results.sections.{name}" for name in SECTION_NAMES}
+_INF: Final = math.inf
 
 
 def _results(raw: Mapping[str, Any]) -> Results:
@@ -315,11 +317,17 @@ def _results(raw: Mapping[str, Any]) -> Results:
                 raise InvalidEvent(
                     f"{path}.question_count", f"must be an integer >= 0, got {question_count!r}"
                 )
-        sections[name] = SectionResult(
-            level=_number(section.get("level"), path, 0.0, 6.0, ".level"),
-            score=_number(section.get("score"), path, 0.0, None, ".score"),
-            percent=_number(section.get("percent"), path, 0.0, 100.0, ".percent"),
-            cefr=_cefr(section.get("cefr"), path, ".cefr"),
-            question_count=question_count,
-        )
+        s_level, s_score = section.get("level"), section.get("score")
+        s_percent, s_cefr = section.get("percent"), section.get("cefr")
+        # The common case checked inline (exact int or float, in range; NaN and infinity
+        # fail the comparisons); anything else goes through the checks that name the rule.
+        if not ((type(s_level) is float or type(s_level) is int) and 0.0 <= s_level <= 6.0):
+            s_level = _number(s_level, path, 0.0, 6.0, ".level")
+        if not ((type(s_score) is float or type(s_score) is int) and 0.0 <= s_score < _INF):
+            s_score = _number(s_score, path, 0.0, None, ".score")
+        if not ((type(s_percent) is float or type(s_percent) is int) and 0.0 <= s_percent <= 100.0):
+            s_percent = _number(s_percent, path, 0.0, 100.0, ".percent")
+        if type(s_cefr) is not str or not s_cefr:
+            s_cefr = _cefr(s_cefr, path, ".cefr")
+        sections[name] = SectionResult(s_level, s_score, s_percent, s_cefr, question_count)
     return Results(score_report_url=url, overall_level=level, overall_cefr=cefr, sections=sections)
