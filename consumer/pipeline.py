@@ -329,7 +329,9 @@ class Pipeline:
             return batch
         self._progress.clear()
         progress = asyncio.ensure_future(self._progress.wait())
-        await asyncio.wait({progress, stopped}, timeout=FULL_WAIT)
+        await asyncio.wait(
+            {progress, stopped}, timeout=FULL_WAIT, return_when=asyncio.FIRST_COMPLETED
+        )
         progress.cancel()
         return {}
 
