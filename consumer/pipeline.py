@@ -103,6 +103,9 @@ class Pipeline:
         self.waiting = waiting
         self.lag = lag  # told of every assignment and revocation
         self.offsets: OffsetTracker[TopicPartition] = OffsetTracker()
+        # Read when scraped: set after each poll instead, it showed the window at its
+        # fullest, never the room it had between polls.
+        metrics.in_flight.set_function(self.offsets.in_flight)
         self.ready = False
         self.last_poll = time.monotonic()
         self._queues: dict[str, deque[Item]] = {}
@@ -302,7 +305,6 @@ class Pipeline:
 
     def _apply_backpressure(self) -> None:
         in_flight = self.offsets.in_flight()
-        self.metrics.in_flight.set(in_flight)
         if not self._paused and in_flight >= self.settings.max_in_flight:
             self._window_filled(in_flight)
         self._hold_partitions(list(self.consumer.assignment()))

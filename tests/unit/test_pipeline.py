@@ -341,6 +341,17 @@ async def test_a_window_full_for_long_polls_once_with_every_partition_paused() -
     assert consumer_of(pipeline).paused == set()
 
 
+def test_the_in_flight_gauge_reads_the_window_when_scraped() -> None:
+    pipeline, _, _ = make_pipeline(Store())
+    for offset in range(5):
+        pipeline.offsets.add(TP, offset)
+    pipeline.offsets.finish(TP, 3)
+    registry = pipeline.metrics.registry
+    assert registry.get_sample_value("itep_events_in_flight") == 4
+    pipeline.offsets.finish(TP, 0)
+    assert registry.get_sample_value("itep_events_in_flight") == 3
+
+
 async def test_a_full_window_wakes_as_soon_as_a_record_finishes() -> None:
     """Not at the end of ``FULL_WAIT``: with slow receivers every 100 ms spent asleep
     with room in the window is throughput lost."""
