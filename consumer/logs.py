@@ -12,10 +12,37 @@ import logging
 import sys
 import time
 from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 import orjson
 import structlog
+
+# The event a runner is handling: (test_id, event_id, partition, offset), added to every
+# line logged while it does. One variable set once per event (0.2 us): binding the keys
+# with ``bind_contextvars`` took 2.2 us an event and 3.6% of a scenario-2 profile, paid on
+# every event for lines that mostly never print at info.
+_EVENT: Final[ContextVar[tuple[str, str, int, int] | None]] = ContextVar("itep_event", default=None)
+
+
+def bind_event(test_id: str, event_id: str, partition: int, offset: int) -> None:
+    """Put the event in the current context (a runner's own task: it stays there)."""
+    _EVENT.set((test_id, event_id, partition, offset))
+
+
+def merge_event(
+    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Add the bound event's fields; a key given in the call itself wins."""
+    bound = _EVENT.get()
+    if bound is not None:
+        setdefault = event_dict.setdefault
+        setdefault("test_id", bound[0])
+        setdefault("event_id", bound[1])
+        setdefault("partition", bound[2])
+        setdefault("offset", bound[3])
+    return event_dict
+
 
 SECRET_KEYS: Final = frozenset(
     {
@@ -97,6 +124,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            merge_event,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             drop_secrets,
@@ -114,6 +142,7 @@ def configure_logging(log_format: str = "json", level: str = "info") -> None:
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
                 structlog.contextvars.merge_contextvars,
+                merge_event,
                 structlog.stdlib.add_logger_name,
                 structlog.processors.add_log_level,
                 structlog.processors.TimeStamper(fmt="iso", utc=True),

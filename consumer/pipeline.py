@@ -47,6 +47,7 @@ from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import ExamEvent, parse_event
 from consumer.handler import EventHandler
 from consumer.lag import LagMonitor
+from consumer.logs import bind_event
 from consumer.metrics import Metrics
 from consumer.offsets import OffsetTracker
 from consumer.settings import Settings
@@ -239,12 +240,10 @@ class Pipeline:
         queue = self._queues[test_id]
         # A task runs in its own copy of the context: what is bound here stays in this
         # runner's log lines and needs no unbinding.
-        bind = structlog.contextvars.bind_contextvars
-        bind(test_id=test_id)
         try:
             while queue:
                 tp, offset, event, raw = queue[0]
-                bind(event_id=event.event_id, partition=tp.partition, offset=offset)
+                bind_event(test_id, event.event_id, tp.partition, offset)
                 try:
                     source = Source(tp.topic, tp.partition, offset)
                     await self.handler.handle(event, source, raw)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
 import pytest
 import structlog
 
-from consumer.logs import RepeatThrottle, configure_logging, drop_secrets
+from consumer.logs import RepeatThrottle, bind_event, configure_logging, drop_secrets
 
 
 def test_fields_named_for_credentials_are_redacted() -> None:
@@ -69,3 +70,31 @@ def test_library_logging_comes_out_as_json_lines_with_the_logger_name(
     assert doc["level"] == "error"
     assert doc["event"] == "Unable connect to 127.0.0.1:9092"
     assert "timestamp" in doc
+
+
+async def test_a_line_logged_while_an_event_is_handled_carries_the_event(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bound in the runner's own task: its lines name the event (a key given in the call
+    wins), and a line from elsewhere names none."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log = structlog.get_logger("test")
+
+    async def runner() -> None:
+        bind_event("T1", "E1", 3, 42)
+        log.warning("inside", offset=7)
+
+    try:
+        configure_logging("json", "info")
+        await asyncio.create_task(runner())
+        log.warning("outside")
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+    inside, outside = (orjson.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert (inside["event"], inside["test_id"], inside["event_id"]) == ("inside", "T1", "E1")
+    assert (inside["partition"], inside["offset"]) == (3, 7)
+    assert outside["event"] == "outside"
+    assert not {"test_id", "event_id", "partition", "offset"} & outside.keys()
