@@ -80,13 +80,13 @@ class WaitingRoom:
                 self._leave(name, future)
                 raise
             admission = self.gate.admit(code, last_step=last_step)
-            if isinstance(admission, Hold) and admission.reason != BUSY:
+            if not isinstance(admission, Hold):
+                return admission
+            if admission.reason != BUSY:
                 # The breaker opened while this one waited: the waiters behind it get the
                 # same answer, so each wakes the next now rather than wait for a slot that
                 # no attempt will free.
                 self.slot_freed(name)
-                return admission
-            if not isinstance(admission, Hold):
                 return admission
 
     def _leave(self, code: str, future: asyncio.Future[None]) -> None:
