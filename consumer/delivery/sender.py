@@ -274,7 +274,8 @@ class WebhookSender:
             # The server closed the kept-alive connection as the request went out, before
             # a byte of the answer: once more on a new connection, within the same deadline.
             # Receivers that saw the first copy have its webhook-id to tell.
-            connection = await pool.acquire(where, fresh=True)
+            async with asyncio.timeout_at(deadline):
+                connection = await pool.acquire(where, fresh=True)
             return await self._exchange(pool, where, connection, payload, deadline)
 
     async def _exchange(

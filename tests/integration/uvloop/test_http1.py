@@ -22,6 +22,8 @@ import pytest
 import uvloop
 from structlog.testing import capture_logs
 
+from consumer.delivery.connections import Origin
+from consumer.delivery.http1 import Http1Connection
 from consumer.delivery.sender import WebhookSender
 from consumer.delivery.webhook import WebhookRequest
 
@@ -193,6 +195,29 @@ async def test_the_new_connection_is_tried_only_once(raw: RawServer, sender: Web
     second = await sender.send(request_to(raw.url))
     assert (first.status, second.error) == (200, "connection_error")
     assert (len(raw.requests), raw.connections) == (3, 2)
+
+
+async def test_the_new_connection_is_made_within_the_same_total_timeout(
+    raw: RawServer, sender: WebhookSender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect slower than what is left of ``total_timeout`` (1 s here) ends at it."""
+    raw.script = Silent(on={2})
+    pool = sender._pool
+    assert pool is not None
+    acquire = pool.acquire
+
+    async def slow_when_fresh(origin: Origin, *, fresh: bool = False) -> Http1Connection:
+        if fresh:
+            await asyncio.sleep(2.0)
+        return await acquire(origin, fresh=fresh)
+
+    monkeypatch.setattr(pool, "acquire", slow_when_fresh)
+    await sender.send(request_to(raw.url))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    second = await sender.send(request_to(raw.url))
+    assert second.error == "timeout"
+    assert loop.time() - started < 1.5
 
 
 async def test_a_connection_cut_mid_answer_is_not_tried_again(
