@@ -26,6 +26,7 @@ from consumer.delivery.scheduler import ScheduleRunner
 from consumer.delivery.sender import WebhookSender
 from consumer.delivery.waiting_room import WaitingRoom
 from consumer.errors import ConfigError, StartupError
+from consumer.file_limit import ensure_file_limit
 from consumer.handler import EventHandler
 from consumer.http_api import HttpApi
 from consumer.lag import LagMonitor
@@ -76,6 +77,7 @@ async def run_service(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, stop)
     log.info("service_starting", **settings.safe_summary())
+    ensure_file_limit(settings.max_in_flight)
     async with AsyncExitStack() as stack:
         try:
             pipeline, runner = await _start(settings, stack, http_socket)

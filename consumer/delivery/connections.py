@@ -5,9 +5,10 @@ starts with. ``ConnectionPool.acquire`` hands out an idle connection to the orig
 one: it resolves the host (answers kept ``dns_ttl`` seconds), drops the addresses
 ``endpoint_guard`` refuses when ``guard`` is on (``EndpointBlocked`` if none is left), and
 tries the rest in order within ``connect_timeout``. ``release`` keeps a connection that can
-carry another request, up to ``max_idle`` idle connections in all (past that, a connection
-is closed after its request: sockets stay bounded however many partners there are); one
-idle longer than ``keepalive`` is closed, not reused.
+carry another request, up to ``max_idle`` idle connections in all: past that, the one idle
+longest, to whichever origin, is closed to make room, so sockets stay bounded however many
+partners there are while the origins in use keep theirs. One idle longer than ``keepalive``
+is closed, not reused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -91,9 +93,10 @@ class ConnectionPool:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self._max_idle = max_idle
-        self._idle_count = 0
         self._resolver = Resolver(guard=guard, ttl=dns_ttl)
+        # Per origin, newest last; and every idle connection with its origin, oldest first.
         self._idle: dict[str, list[Http1Connection]] = {}
+        self._idle_order: OrderedDict[Http1Connection, str] = OrderedDict()
         self._open: set[Http1Connection] = set()
         self._tls: ssl.SSLContext | None = None
         self._next_sweep = 0.0
@@ -106,7 +109,7 @@ class ConnectionPool:
             expired = asyncio.get_running_loop().time() - self._keepalive
             while idle:
                 connection = idle.pop()
-                self._idle_count -= 1
+                del self._idle_order[connection]
                 if not connection.closed and connection.idle_since > expired:
                     return connection
                 self._discard(connection)
@@ -114,11 +117,13 @@ class ConnectionPool:
             return await self._connect(origin)
 
     def release(self, origin: Origin, connection: Http1Connection) -> None:
-        """Keep ``connection`` for the next request to ``origin`` if it can take one and
-        fewer than ``max_idle`` connections wait idle."""
-        if connection.reusable and not connection.closed and self._idle_count < self._max_idle:
+        """Keep ``connection`` for the next request to ``origin`` if it can take one; with
+        ``max_idle`` connections already idle, close the one idle longest first."""
+        if connection.reusable and not connection.closed:
+            if len(self._idle_order) >= self._max_idle:
+                self._evict_oldest()
             self._idle.setdefault(origin.key, []).append(connection)
-            self._idle_count += 1
+            self._idle_order[connection] = origin.key
         else:
             self._discard(connection)
         now = asyncio.get_running_loop().time()
@@ -132,7 +137,7 @@ class ConnectionPool:
             connection.close()
         self._open.clear()
         self._idle.clear()
-        self._idle_count = 0
+        self._idle_order.clear()
 
     async def _connect(self, origin: Origin) -> Http1Connection:
         loop = asyncio.get_running_loop()
@@ -167,14 +172,24 @@ class ConnectionPool:
         connection.close()
         self._open.discard(connection)
 
+    def _evict_oldest(self) -> None:
+        connection, key = self._idle_order.popitem(last=False)
+        idle = self._idle[key]
+        idle.remove(connection)  # the origin's oldest: at or near the front
+        if not idle:
+            del self._idle[key]
+        self._discard(connection)
+
     def _sweep(self, expired: float) -> None:
         """Close idle connections older than ``expired`` or closed by their server."""
         for key, idle in list(self._idle.items()):
-            keep = [c for c in idle if not c.closed and c.idle_since > expired]
+            keep = []
             for connection in idle:
-                if connection not in keep:
+                if connection.closed or connection.idle_since <= expired:
+                    del self._idle_order[connection]
                     self._discard(connection)
-            self._idle_count -= len(idle) - len(keep)
+                else:
+                    keep.append(connection)
             if keep:
                 self._idle[key] = keep
             else:

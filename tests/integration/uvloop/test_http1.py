@@ -50,6 +50,7 @@ class RawServer:
 
     script: Script = field(default_factory=lambda: answer(OK))
     connections: int = 0
+    closed_by_client: int = 0
     requests: list[bytes] = field(default_factory=list)
     url: str = ""
     _server: asyncio.Server | None = None
@@ -81,7 +82,9 @@ class RawServer:
                 self.requests.append(head + await reader.readexactly(length))
                 if not await self.script(writer, len(self.requests)):
                     break
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        except asyncio.IncompleteReadError as exc:
+            self.closed_by_client += not exc.partial
+        except (ConnectionError, ssl.SSLError):
             pass
         finally:
             writer.close()
@@ -235,19 +238,25 @@ async def test_a_connection_cut_mid_answer_is_not_tried_again(
     assert len(raw.requests) == 2, "part of an answer arrived: the request may have been handled"
 
 
-async def test_idle_connections_are_kept_only_up_to_max_connections(
+async def test_past_max_idle_the_connection_idle_longest_is_closed_not_the_one_just_used(
     raw: RawServer,
 ) -> None:
-    other = RawServer()
-    await other.start()
+    others = [RawServer(), RawServer()]
+    for other in others:
+        await other.start()
     try:
+        # One connection in use at most, so two kept idle.
         async with WebhookSender(allow_private_endpoints=True, max_connections=1) as sender:
-            for url in (raw.url, other.url, raw.url, other.url):
-                assert (await sender.send(request_to(url))).status == 200
+            for server in (raw, *others, others[0]):
+                assert (await sender.send(request_to(server.url))).status == 200
+            async with asyncio.timeout(2):
+                while raw.closed_by_client == 0:
+                    await asyncio.sleep(0.01)
     finally:
-        await other.stop()
-    assert raw.connections == 1, "the first origin's connection was kept and reused"
-    assert other.connections == 2, "the second one, one idle too many, was closed after use"
+        for other in others:
+            await other.stop()
+    assert others[0].connections == 1, "an origin in use kept its connection and reused it"
+    assert (raw.connections, raw.closed_by_client) == (1, 1), "the oldest idle one was closed"
 
 
 async def test_a_chunked_response_is_read_whole_and_the_connection_reused(
