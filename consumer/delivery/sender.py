@@ -35,6 +35,7 @@ from consumer.delivery.http1 import (
     encode_request,
 )
 from consumer.delivery.retry_policy import AttemptResult
+from consumer.delivery.slots import Slots
 from consumer.delivery.webhook import WebhookRequest
 from consumer.errors import EndpointBlocked
 from consumer.settings import Settings
@@ -90,9 +91,9 @@ IDLE_PER_CONNECTION: Final = 2
 
 @dataclass(slots=True)
 class _HostSlots:
-    """The per-host semaphore, with how many requests wait for it or hold it."""
+    """The per-host slots, with how many requests wait for them or hold one."""
 
-    semaphore: asyncio.Semaphore
+    slots: Slots
     users: int = 0
     in_flight: int = 0
 
@@ -121,7 +122,7 @@ class WebhookSender:
         self._max_connections = max_connections
         self._allow_private = allow_private_endpoints
         self._pool: ConnectionPool | None = None
-        self._connections: asyncio.Semaphore | None = None
+        self._connections: Slots | None = None
         self._hosts: dict[str, _HostSlots] = {}
         self._targets: dict[str, _Target | None] = {}
 
@@ -144,7 +145,7 @@ class WebhookSender:
             guard=not self._allow_private,
             max_idle=IDLE_PER_CONNECTION * self._max_connections,
         )
-        self._connections = asyncio.Semaphore(self._max_connections)
+        self._connections = Slots(self._max_connections)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -213,15 +214,22 @@ class WebhookSender:
         key = target.origin.key
         slots = self._hosts.get(key)
         if slots is None:
-            slots = self._hosts[key] = _HostSlots(asyncio.Semaphore(self._max_per_host))
+            slots = self._hosts[key] = _HostSlots(Slots(self._max_per_host))
         slots.users += 1
         try:
-            async with slots.semaphore, connections:
-                slots.in_flight += 1
+            await slots.slots.acquire()
+            try:
+                await connections.acquire()
                 try:
-                    return await self._timed(pool, target.origin, request)
+                    slots.in_flight += 1
+                    try:
+                        return await self._timed(pool, target.origin, request)
+                    finally:
+                        slots.in_flight -= 1
                 finally:
-                    slots.in_flight -= 1
+                    connections.release()
+            finally:
+                slots.slots.release()
         finally:
             slots.users -= 1
             if slots.users == 0:
