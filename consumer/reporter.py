@@ -42,27 +42,41 @@ class OutcomeReporter:
         self.metrics = metrics
 
     async def publish(self, record: OutcomeRecord) -> None:
-        await _until_acknowledged(lambda: self.publisher.publish(record))
+        try:
+            await self.publisher.publish(record)
+        except TOO_LARGE:
+            raise
+        except KafkaError as exc:
+            await _until_acknowledged(lambda: self.publisher.publish(record), exc)
         self.metrics.outcome(record.outcome.value, record.reason or "").inc()
 
     async def dead_letter(
         self, key: bytes | None, value: bytes | None, error: str, source: str
     ) -> None:
-        await _until_acknowledged(lambda: self.publisher.dead_letter(key, value, error, source))
+        try:
+            await self.publisher.dead_letter(key, value, error, source)
+        except TOO_LARGE:
+            raise
+        except KafkaError as exc:
+            await _until_acknowledged(
+                lambda: self.publisher.dead_letter(key, value, error, source), exc
+            )
 
 
-async def _until_acknowledged(send: Callable[[], Awaitable[None]]) -> None:
+async def _until_acknowledged(send: Callable[[], Awaitable[None]], failed: KafkaError) -> None:
+    """Send again after ``failed``, with backoff, until the broker acknowledges."""
     delay = 0.1
     while True:
+        log.warning(
+            "publish_failed", error=type(failed).__name__, retry_in=delay, waiting_for="Kafka"
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, PUBLISH_BACKOFF_MAX)
         try:
             await send()
         except TOO_LARGE:
             raise
         except KafkaError as exc:
-            log.warning(
-                "publish_failed", error=type(exc).__name__, retry_in=delay, waiting_for="Kafka"
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, PUBLISH_BACKOFF_MAX)
+            failed = exc
         else:
             return

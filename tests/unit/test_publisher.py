@@ -1,0 +1,93 @@
+"""How the batching publisher tells each record of a batch its fate, over a stand-in for
+aiokafka's batch API (the real broker: tests/integration/test_publisher.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka.errors import KafkaTimeoutError
+
+from consumer.publisher import OutcomePublisher
+from tests.unit.test_reporter import RECORD
+
+
+class Batch:
+    def __init__(self) -> None:
+        self.keys: list[bytes | None] = []
+
+    def append(self, *, timestamp: None, key: bytes | None, value: bytes) -> object:
+        self.keys.append(key)
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class BatchProducer:
+    """Acknowledges or fails each batch as ``answers`` says, in order."""
+
+    def __init__(self, answers: list[BaseException | None]) -> None:
+        self.answers = answers
+        self.batches: list[Batch] = []
+        self.client = SimpleNamespace(
+            cluster=SimpleNamespace(partitions_for_topic=lambda topic: {0})
+        )
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
+        self.batches.append(batch)
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer = self.answers.pop(0)
+        if answer is None:
+            acked.set_result(None)
+        else:
+            acked.set_exception(answer)
+        return acked
+
+
+def publisher_over(producer: BatchProducer) -> OutcomePublisher:
+    return OutcomePublisher("127.0.0.1:1", "outcomes", "dlq", producer=producer)  # type: ignore[arg-type]
+
+
+async def test_every_record_of_a_failed_batch_gets_its_own_copy_of_the_error() -> None:
+    producer = BatchProducer([KafkaTimeoutError("no ack")])
+    publisher = publisher_over(producer)
+    results = await asyncio.gather(
+        *(publisher.publish(replace(RECORD, test_id=f"T{n}")) for n in range(3)),
+        return_exceptions=True,
+    )
+    assert [batch.keys for batch in producer.batches] == [[b"T0", b"T1", b"T2"]]
+    assert all(isinstance(result, KafkaTimeoutError) for result in results)
+    assert len({id(result) for result in results}) == 3
+
+
+async def test_records_arriving_while_a_batch_is_sent_make_the_next_batch() -> None:
+    producer = BatchProducer([None, None])
+    publisher = publisher_over(producer)
+    first = asyncio.ensure_future(publisher.publish(replace(RECORD, test_id="T0")))
+    await asyncio.sleep(0)  # the lane's task has taken T0
+    rest = [publisher.publish(replace(RECORD, test_id=f"T{n}")) for n in (1, 2)]
+    await asyncio.gather(first, *rest)
+    assert [batch.keys for batch in producer.batches] == [[b"T0"], [b"T1", b"T2"]]
+
+
+async def test_a_publish_waits_for_its_batchs_acknowledgement() -> None:
+    producer = BatchProducer([None])
+    publisher = publisher_over(producer)
+    acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def send_batch(batch: Batch, topic: str, *, partition: int) -> Any:
+        producer.batches.append(batch)
+        return acked
+
+    producer.send_batch = send_batch  # type: ignore[method-assign]
+    publish = asyncio.ensure_future(publisher.publish(RECORD))
+    await asyncio.sleep(0.01)
+    assert not publish.done()
+    acked.set_result(None)
+    await asyncio.wait_for(publish, 1)
