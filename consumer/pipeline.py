@@ -118,6 +118,7 @@ class Pipeline:
         self._full_since = self._last_keep_alive = 0.0
         self._window_full: set[TopicPartition] = set()  # paused: too many records uncommitted
         self._commit_lock = asyncio.Lock()
+        self._timer_commit: asyncio.Task[None] | None = None
 
     def rebalance_listener(self) -> ConsumerRebalanceListener:
         return _Rebalance(self)
@@ -145,7 +146,7 @@ class Pipeline:
                         self._accept(tp, record)
                 self._apply_backpressure()
                 if loop.time() - last_commit >= self.settings.commit_interval:
-                    await self.commit("timer")
+                    self._commit_beside()
                     last_commit = loop.time()
         finally:
             self.ready = False
@@ -183,6 +184,14 @@ class Pipeline:
             await asyncio.sleep(POLL_RETRY_DELAY)
             return {}
         return batch
+
+    def _commit_beside(self) -> None:
+        """The timer's commit, in a task of its own: the loop goes on polling and handing
+        out events during the broker's round trip, which would otherwise delay every event
+        fetched meanwhile. One at a time; a later commit waits for it (the commit lock)."""
+        if self._timer_commit is None or self._timer_commit.done():
+            self._timer_commit = asyncio.create_task(self.commit("timer"), name="commit_timer")
+            self._timer_commit.add_done_callback(_log_commit_crash)
 
     async def shutdown(self) -> None:
         """Stop fetching, finish the events in hand within the bound, commit."""
@@ -496,6 +505,11 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     task = asyncio.create_task(coro)
     task.add_done_callback(_log_crash)
     return task
+
+
+def _log_commit_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("commit_crashed", exc_info=exc)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

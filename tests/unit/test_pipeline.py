@@ -367,6 +367,39 @@ async def test_a_full_window_wakes_as_soon_as_a_record_finishes() -> None:
     assert loop.time() - started < FULL_WAIT / 2
 
 
+class SlowCommitConsumer(FakeConsumer):
+    """A consumer whose commit takes until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committing.set()
+        await self.release.wait()
+        await super().commit(offsets)
+
+
+async def test_the_loop_goes_on_polling_while_the_timers_commit_waits_for_the_broker() -> None:
+    pipeline, _, _ = make_pipeline(Store(), env={"COMMIT_INTERVAL": "10ms"})
+    consumer = SlowCommitConsumer()
+    pipeline.consumer = consumer  # type: ignore[assignment]
+    pipeline.offsets.add(TP, 0)
+    pipeline._finish(TP, 0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(pipeline.run(stop))
+    await asyncio.wait_for(consumer.committing.wait(), 2)
+    polls = len(consumer.polls)
+    await asyncio.sleep(0.3)
+    assert len(consumer.polls) > polls, "no poll while the commit was in flight"
+    assert consumer.commits == []
+    consumer.release.set()
+    stop.set()
+    await asyncio.wait_for(running, 2)
+    assert consumer.commits[0] == {TP: 1}
+
+
 class LagSource:
     """The broker's offsets for the lag monitor: nothing committed, ten records in TP."""
 
