@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from consumer.delivery.endpoint_guard import IPAddress, is_blocked_address
-from consumer.delivery.http1 import Http1Connection
+from consumer.delivery.http1 import Deadlines, Http1Connection
 from consumer.errors import EndpointBlocked
 
 _DNS_MAX: Final = 10_000
@@ -100,6 +100,7 @@ class ConnectionPool:
         self._open: set[Http1Connection] = set()
         self._tls: ssl.SSLContext | None = None
         self._next_sweep = 0.0
+        self._deadlines: Deadlines | None = None  # made on the loop of the first connect
 
     async def acquire(self, origin: Origin, *, fresh: bool = False) -> Http1Connection:
         """A connection to ``origin``, a new one if ``fresh``. Raises ``EndpointBlocked``,
@@ -141,6 +142,9 @@ class ConnectionPool:
 
     async def _connect(self, origin: Origin) -> Http1Connection:
         loop = asyncio.get_running_loop()
+        if self._deadlines is None:
+            self._deadlines = Deadlines(loop)
+        deadlines = self._deadlines
         if origin.literal is not None:
             addresses = [str(origin.literal)]
         else:
@@ -150,7 +154,7 @@ class ConnectionPool:
         for address in addresses:
             try:
                 _, connection = await loop.create_connection(
-                    lambda: Http1Connection(loop),
+                    lambda: Http1Connection(loop, deadlines),
                     address,
                     origin.port,
                     ssl=tls,

@@ -15,11 +15,17 @@ with ``TimeoutError`` or a ``ConnectionError`` when no status arrived:
 
 A connection may carry another exchange after a complete response the server did not ask
 to close (``reusable``). ``idle_since`` tells the pool how long it has waited since.
+
+The connections of one pool share a ``Deadlines``: an exchange's deadline falls in a slot of
+50 ms with one loop timer per slot, instead of a timer of its own (a uvloop timer made and
+cancelled per request was 2-4% of the service's CPU). An exchange times out at the end of
+its deadline's slot: up to 50 ms late, never early.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,15 +91,50 @@ def encode_request(head: bytes, headers: Mapping[str, str], body: bytes) -> byte
     return b"".join((head, "".join(lines).encode("utf-8"), body))
 
 
-class Http1Connection(asyncio.Protocol):
-    """An ``asyncio.Protocol`` for one client connection; see the module docstring."""
+class Deadlines:
+    """The timeouts of many exchanges on few timers; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.05) -> None:
         self._loop = loop
+        self._resolution = resolution
+        self._slots: dict[int, set[Http1Connection]] = {}
+
+    def add(self, connection: Http1Connection, deadline: float) -> int:
+        """Time ``connection`` out at the end of ``deadline``'s slot; returns the slot."""
+        slot = math.ceil(deadline / self._resolution)
+        members = self._slots.get(slot)
+        if members is None:
+            members = self._slots[slot] = set()
+            self._loop.call_at(slot * self._resolution, self._expire, slot)
+        members.add(connection)
+        return slot
+
+    def remove(self, connection: Http1Connection, slot: int) -> None:
+        members = self._slots.get(slot)
+        if members is not None:
+            members.discard(connection)
+
+    def timers(self) -> int:
+        """Loop timers pending: one per slot in use."""
+        return len(self._slots)
+
+    def _expire(self, slot: int) -> None:
+        for connection in self._slots.pop(slot, ()):
+            connection._time_out()
+
+
+class Http1Connection(asyncio.Protocol):
+    """An ``asyncio.Protocol`` for one client connection; see the module docstring.
+    Without ``deadlines``, each exchange has a timer of its own."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines | None = None) -> None:
+        self._loop = loop
+        self._deadlines = deadlines
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._slot: int | None = None
         self._max_body = 0
         self._head_bytes = 0  # the header fields' bytes
         self._unparsed = 0  # bytes received while the head is incomplete
@@ -207,7 +248,10 @@ class Http1Connection(asyncio.Protocol):
         self._head_bytes = self._unparsed = self._read = self._status = 0
         self._retry_after = None
         self._framed = self._headers_done = self.reusable = False
-        self._timer = self._loop.call_at(deadline, self._time_out)
+        if self._deadlines is not None:
+            self._slot = self._deadlines.add(self, deadline)
+        else:
+            self._timer = self._loop.call_at(deadline, self._time_out)
         self._transport.write(request)
         return waiter
 
@@ -218,6 +262,7 @@ class Http1Connection(asyncio.Protocol):
 
     def _time_out(self) -> None:
         self._timer = None
+        self._slot = None
         if self._headers_done:
             self._finish(BodyEnd.UNREAD, "TimeoutError")
         else:
@@ -244,6 +289,10 @@ class Http1Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._slot is not None:
+            assert self._deadlines is not None
+            self._deadlines.remove(self, self._slot)
+            self._slot = None
         if waiter is None or waiter.done():
             return None
         self.idle_since = self._loop.time()

@@ -1,10 +1,14 @@
-"""How a webhook request is written on the wire, and which headers cannot be."""
+"""How a webhook request is written on the wire, and which headers cannot be; how the
+exchanges' deadlines share timers."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 import pytest
 
-from consumer.delivery.http1 import encode_request
+from consumer.delivery.http1 import Deadlines, encode_request
 
 HEAD = b"POST /hook HTTP/1.1\r\nHost: h.example\r\n"
 
@@ -35,3 +39,47 @@ def test_a_name_that_is_not_a_token_is_refused(name: str) -> None:
 
 def test_an_empty_body_still_says_its_length() -> None:
     assert encode_request(HEAD, {}, b"").endswith(b"Content-Length: 0\r\n\r\n")
+
+
+class Watched:
+    """Stands in for a connection: records when it was timed out."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.timed_out_at: float | None = None
+
+    def _time_out(self) -> None:
+        self.timed_out_at = self.loop.time()
+
+
+async def test_an_exchange_times_out_at_its_deadlines_slot_end_never_before() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, resolution=0.05)
+    watched = Watched(loop)
+    deadline = loop.time() + 0.12
+    deadlines.add(watched, deadline)  # type: ignore[arg-type]
+    await asyncio.sleep(0.25)
+    assert watched.timed_out_at is not None
+    # uvloop and asyncio round timers to the millisecond
+    assert deadline - 0.002 <= watched.timed_out_at <= deadline + 0.05 + 0.03
+
+
+async def test_deadlines_in_one_slot_share_one_timer() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, resolution=10.0)
+    base = math.floor(loop.time() / 10.0) * 10.0 + 30.0
+    for offset in range(100):
+        deadlines.add(Watched(loop), base + 1.0 + offset / 1000)  # type: ignore[arg-type]
+    assert deadlines.timers() == 1
+
+
+async def test_a_finished_exchange_is_not_timed_out() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop, resolution=0.01)
+    done, pending = Watched(loop), Watched(loop)
+    slot = deadlines.add(done, loop.time() + 0.02)  # type: ignore[arg-type]
+    deadlines.add(pending, loop.time() + 0.02)  # type: ignore[arg-type]
+    deadlines.remove(done, slot)  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    assert done.timed_out_at is None
+    assert pending.timed_out_at is not None
