@@ -75,7 +75,10 @@ class OffsetTracker(Generic[TP]):
             self._last_commit.pop(tp, None)
 
     def add(self, tp: TP, offset: int) -> None:
-        self._partitions.setdefault(tp, PartitionOffsets()).add(offset)
+        partition = self._partitions.get(tp)
+        if partition is None:
+            partition = self._partitions[tp] = PartitionOffsets()
+        partition.add(offset)
 
     def finish(self, tp: TP, offset: int) -> None:
         """Mark a record finished; a partition revoked meanwhile is ignored."""
