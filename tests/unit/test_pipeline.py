@@ -526,3 +526,32 @@ async def test_a_revoked_then_reassigned_partition_starts_clean() -> None:
     assert [o.outcome.value for o in publisher.outcomes] == ["delivered", "delivered"]
     expected = [orjson.loads(r.value or b"")["event_id"] for r in (first, second)]
     assert [r.webhook_id for r in sender.sent] == expected
+
+
+async def test_a_runner_cancelled_before_its_first_step_is_forgotten_with_its_queue() -> None:
+    pipeline, sender, _ = make_pipeline(Store())
+    pipeline.offsets.add(TP, 0)
+    pipeline._dispatch(TP, record(0))
+    assert len(pipeline._runners) == 1
+    await pipeline._cancel(lambda tp: True)
+    assert pipeline._runners == {}
+    assert pipeline._queues == {}
+    assert sender.sent == [], "the event was never handled"
+
+
+async def test_a_runner_that_fails_outside_the_handler_logs_it_and_is_forgotten() -> None:
+    pipeline, _, _ = make_pipeline(Store())
+
+    def broken_finish(tp: TopicPartition, offset: int) -> None:
+        raise RuntimeError("a bug in the bookkeeping")
+
+    pipeline._finish = broken_finish  # type: ignore[method-assign]
+    pipeline.offsets.add(TP, 0)
+    with capture_logs() as logs:
+        pipeline._dispatch(TP, record(0))
+        for _ in range(50):
+            await asyncio.sleep(0)
+            if not pipeline._runners:
+                break
+    assert pipeline._runners == {}
+    assert "runner_crashed" in [entry["event"] for entry in logs]
