@@ -131,13 +131,15 @@ class OutcomePublisher:
         first = 0
         try:
             while lane:
-                entries = lane[:]
-                lane.clear()
+                # Take the lane whole; what arrives meanwhile waits in a new one.
+                entries, lane = lane, []
+                self._lanes[partition] = lane
                 first = 0
                 while first < len(entries):
                     batch = self._producer.create_batch()
                     end = first
-                    for key, value, _ in entries[first:]:
+                    while end < len(entries):
+                        key, value, _ = entries[end]
                         # The first record always fits; past the batch size, append says no.
                         if batch.append(timestamp=None, key=key, value=value) is None:
                             break

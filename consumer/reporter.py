@@ -42,10 +42,9 @@ class OutcomeReporter:
         self.metrics = metrics
 
     async def publish(self, record: OutcomeRecord) -> None:
+        # Tried once before the retry loop: no closure per outcome while the broker answers.
         try:
             await self.publisher.publish(record)
-        except TOO_LARGE:
-            raise
         except KafkaError as exc:
             await _until_acknowledged(lambda: self.publisher.publish(record), exc)
         self.metrics.outcome(record.outcome.value, record.reason or "").inc()
@@ -53,29 +52,26 @@ class OutcomeReporter:
     async def dead_letter(
         self, key: bytes | None, value: bytes | None, error: str, source: str
     ) -> None:
-        try:
-            await self.publisher.dead_letter(key, value, error, source)
-        except TOO_LARGE:
-            raise
-        except KafkaError as exc:
-            await _until_acknowledged(
-                lambda: self.publisher.dead_letter(key, value, error, source), exc
-            )
+        await _until_acknowledged(lambda: self.publisher.dead_letter(key, value, error, source))
 
 
-async def _until_acknowledged(send: Callable[[], Awaitable[None]], failed: KafkaError) -> None:
-    """Send again after ``failed``, with backoff, until the broker acknowledges."""
+async def _until_acknowledged(
+    send: Callable[[], Awaitable[None]], failed: KafkaError | None = None
+) -> None:
+    """Send until the broker acknowledges, with backoff after each failure (``failed``: the
+    error of a try the caller already made). A record too large is raised at once."""
     delay = 0.1
     while True:
-        log.warning(
-            "publish_failed", error=type(failed).__name__, retry_in=delay, waiting_for="Kafka"
-        )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, PUBLISH_BACKOFF_MAX)
+        if failed is not None:
+            if isinstance(failed, TOO_LARGE):
+                raise failed
+            log.warning(
+                "publish_failed", error=type(failed).__name__, retry_in=delay, waiting_for="Kafka"
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PUBLISH_BACKOFF_MAX)
         try:
             await send()
-        except TOO_LARGE:
-            raise
         except KafkaError as exc:
             failed = exc
         else:

@@ -1,4 +1,4 @@
-"""Plain event dicts for tests: the contract's example, with overrides."""
+"""Test data from the contract's examples, with overrides: event dicts and outcome records."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 import orjson
+
+from consumer.outcomes import Outcome, OutcomeRecord
 
 EXAMPLE: dict[str, Any] = {
     "schema_version": 1,
@@ -72,3 +74,10 @@ CONTRACT_OUTCOME: dict[str, Any] = {
     "recorded_at": "2026-11-25T16:02:11.087Z",
     "next_attempt_at": None,
 }
+
+
+def outcome_record(**changes: Any) -> OutcomeRecord:
+    """The contract's example outcome as an ``OutcomeRecord``, with ``changes`` applied."""
+    values: dict[str, Any] = {**CONTRACT_OUTCOME, "outcome": Outcome.DELIVERED}
+    values.update(changes)
+    return OutcomeRecord(**values)

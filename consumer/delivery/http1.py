@@ -124,17 +124,15 @@ class Deadlines:
 
 
 class Http1Connection(asyncio.Protocol):
-    """An ``asyncio.Protocol`` for one client connection; see the module docstring.
-    Without ``deadlines``, each exchange has a timer of its own."""
+    """An ``asyncio.Protocol`` for one client connection; see the module docstring."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
         self._loop = loop
         self._deadlines = deadlines
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._slot: int | None = None
+        self._slot: int | None = None  # of ``deadlines``, while an exchange waits
         self._max_body = 0
         self._head_bytes = 0  # the header fields' bytes
         self._unparsed = 0  # bytes received while the head is incomplete
@@ -248,10 +246,7 @@ class Http1Connection(asyncio.Protocol):
         self._head_bytes = self._unparsed = self._read = self._status = 0
         self._retry_after = None
         self._framed = self._headers_done = self.reusable = False
-        if self._deadlines is not None:
-            self._slot = self._deadlines.add(self, deadline)
-        else:
-            self._timer = self._loop.call_at(deadline, self._time_out)
+        self._slot = self._deadlines.add(self, deadline)
         self._transport.write(request)
         return waiter
 
@@ -261,7 +256,6 @@ class Http1Connection(asyncio.Protocol):
             self._transport.close()
 
     def _time_out(self) -> None:
-        self._timer = None
         self._slot = None
         if self._headers_done:
             self._finish(BodyEnd.UNREAD, "TimeoutError")
@@ -286,11 +280,7 @@ class Http1Connection(asyncio.Protocol):
     def _end(self) -> asyncio.Future[Response] | None:
         """The pending waiter, detached, with its timer stopped; None once it has settled."""
         waiter, self._waiter = self._waiter, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._slot is not None:
-            assert self._deadlines is not None
             self._deadlines.remove(self, self._slot)
             self._slot = None
         if waiter is None or waiter.done():

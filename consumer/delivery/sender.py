@@ -93,7 +93,7 @@ IDLE_PER_CONNECTION: Final = 2
 class _HostSlots:
     """The per-host slots, with how many requests wait for them or hold one."""
 
-    slots: Slots
+    limit: Slots
     users: int = 0
     in_flight: int = 0
 
@@ -217,7 +217,7 @@ class WebhookSender:
             slots = self._hosts[key] = _HostSlots(Slots(self._max_per_host))
         slots.users += 1
         try:
-            await slots.slots.acquire()
+            await slots.limit.acquire()
             try:
                 await connections.acquire()
                 try:
@@ -229,7 +229,7 @@ class WebhookSender:
                 finally:
                     connections.release()
             finally:
-                slots.slots.release()
+                slots.limit.release()
         finally:
             slots.users -= 1
             if slots.users == 0:

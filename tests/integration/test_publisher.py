@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
-from consumer.outcomes import Outcome, OutcomeRecord
 from consumer.publisher import OutcomePublisher
 from tests.conftest import KAFKA, TopicFactory
+from tests.factories import outcome_record
 
 pytestmark = pytest.mark.integration
-
-RECORD = OutcomeRecord(
-    event_id="e",
-    test_id="T",
-    oid=None,
-    tracking_code="ACME",
-    trigger="Complete",
-    exam_status="Complete",
-    outcome=Outcome.DELIVERED,
-    reason=None,
-    attempt=1,
-    http_status=200,
-    latency_ms=3.0,
-    endpoint_host="hooks.example.edu",
-    event_occurred_at=None,
-    recorded_at="2026-12-03T12:00:00.000Z",
-    next_attempt_at=None,
-)
 
 
 async def read_all(topic: str, count: int) -> list[tuple[int, bytes, dict[str, object]]]:
@@ -57,7 +38,7 @@ async def test_concurrent_outcomes_land_where_the_default_partitioner_puts_their
 
     async def one_test(test_id: str) -> None:
         for attempt in range(1, 11):
-            await publisher.publish(replace(RECORD, test_id=test_id, attempt=attempt))
+            await publisher.publish(outcome_record(test_id=test_id, attempt=attempt))
 
     async with publisher:
         await asyncio.gather(*(one_test(f"T{number}") for number in range(40)))
@@ -75,7 +56,7 @@ async def test_a_publish_returns_once_its_record_is_on_the_broker(
 ) -> None:
     topic = await new_topic(partitions=2)
     async with OutcomePublisher(KAFKA, topic, "unused-dlq") as publisher:
-        await publisher.publish(RECORD)
+        await publisher.publish(outcome_record(test_id="T"))
         seen = await read_all(topic, 1)
     assert [(key, value["test_id"]) for _, key, value in seen] == [(b"T", "T")]
 
@@ -85,6 +66,6 @@ async def test_a_record_without_a_test_id_is_published_without_a_key(
 ) -> None:
     topic = await new_topic(partitions=3)
     async with OutcomePublisher(KAFKA, topic, "unused-dlq") as publisher:
-        await asyncio.gather(*(publisher.publish(replace(RECORD, test_id=None)) for _ in range(6)))
+        await asyncio.gather(*(publisher.publish(outcome_record(test_id=None)) for _ in range(6)))
     seen = await read_all(topic, 6)
     assert [key for _, key, _ in seen] == [None] * 6

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import orjson
 import pytest
@@ -12,11 +11,11 @@ from consumer.events import parse_event
 from consumer.outcomes import (
     MAX_ECHOED,
     Outcome,
-    OutcomeRecord,
     event_outcome,
     format_timestamp,
 )
 from tests.factories import CONTRACT_OUTCOME
+from tests.factories import outcome_record as record
 from tests.strategies import contract_example
 
 CONTRACT_KEYS = [
@@ -37,12 +36,6 @@ CONTRACT_KEYS = [
     "recorded_at",
     "next_attempt_at",
 ]
-
-
-def record(**changes: Any) -> OutcomeRecord:
-    values: dict[str, Any] = {**CONTRACT_OUTCOME, "outcome": Outcome.DELIVERED}
-    values.update(changes)
-    return OutcomeRecord(**values)
 
 
 def test_contract_example_serialises_exactly() -> None:

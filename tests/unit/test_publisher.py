@@ -4,14 +4,13 @@ aiokafka's batch API (the real broker: tests/integration/test_publisher.py)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError
 
 from consumer.publisher import OutcomePublisher
-from tests.unit.test_reporter import RECORD
+from tests.factories import outcome_record
 
 
 class Batch:
@@ -58,7 +57,7 @@ async def test_every_record_of_a_failed_batch_gets_its_own_copy_of_the_error() -
     producer = BatchProducer([KafkaTimeoutError("no ack")])
     publisher = publisher_over(producer)
     results = await asyncio.gather(
-        *(publisher.publish(replace(RECORD, test_id=f"T{n}")) for n in range(3)),
+        *(publisher.publish(outcome_record(test_id=f"T{n}")) for n in range(3)),
         return_exceptions=True,
     )
     assert [batch.keys for batch in producer.batches] == [[b"T0", b"T1", b"T2"]]
@@ -69,9 +68,9 @@ async def test_every_record_of_a_failed_batch_gets_its_own_copy_of_the_error() -
 async def test_records_arriving_while_a_batch_is_sent_make_the_next_batch() -> None:
     producer = BatchProducer([None, None])
     publisher = publisher_over(producer)
-    first = asyncio.ensure_future(publisher.publish(replace(RECORD, test_id="T0")))
+    first = asyncio.ensure_future(publisher.publish(outcome_record(test_id="T0")))
     await asyncio.sleep(0)  # the lane's task has taken T0
-    rest = [publisher.publish(replace(RECORD, test_id=f"T{n}")) for n in (1, 2)]
+    rest = [publisher.publish(outcome_record(test_id=f"T{n}")) for n in (1, 2)]
     await asyncio.gather(first, *rest)
     assert [batch.keys for batch in producer.batches] == [[b"T0"], [b"T1", b"T2"]]
 
@@ -86,7 +85,7 @@ async def test_a_publish_waits_for_its_batchs_acknowledgement() -> None:
         return acked
 
     producer.send_batch = send_batch  # type: ignore[method-assign]
-    publish = asyncio.ensure_future(publisher.publish(RECORD))
+    publish = asyncio.ensure_future(publisher.publish(outcome_record()))
     await asyncio.sleep(0.01)
     assert not publish.done()
     acked.set_result(None)

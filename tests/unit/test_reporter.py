@@ -8,26 +8,11 @@ from aiokafka.errors import KafkaTimeoutError, RecordTooLargeError
 from structlog.testing import capture_logs
 
 from consumer.metrics import Metrics
-from consumer.outcomes import Outcome, OutcomeRecord
+from consumer.outcomes import OutcomeRecord
 from consumer.reporter import OutcomeReporter
+from tests.factories import outcome_record
 
-RECORD = OutcomeRecord(
-    event_id="e1",
-    test_id="T1",
-    oid=None,
-    tracking_code="ACME",
-    trigger="Complete",
-    exam_status="Complete",
-    outcome=Outcome.DELIVERED,
-    reason=None,
-    attempt=1,
-    http_status=200,
-    latency_ms=3.0,
-    endpoint_host="hooks.example.edu",
-    event_occurred_at=None,
-    recorded_at="2026-12-03T12:00:00.000Z",
-    next_attempt_at=None,
-)
+RECORD = outcome_record()
 
 
 class FailingPublisher:
