@@ -9,6 +9,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaTimeoutError
 
+from consumer.partitioner import KeyPartitioner
 from consumer.publisher import OutcomePublisher
 from tests.factories import outcome_record
 
@@ -28,11 +29,12 @@ class Batch:
 class BatchProducer:
     """Acknowledges or fails each batch as ``answers`` says, in order."""
 
-    def __init__(self, answers: list[BaseException | None]) -> None:
+    def __init__(self, answers: list[BaseException | None], partitions: int = 1) -> None:
         self.answers = answers
         self.batches: list[Batch] = []
+        self.handed_at: dict[int, float] = {}  # partition -> loop time of its last batch
         self.client = SimpleNamespace(
-            cluster=SimpleNamespace(partitions_for_topic=lambda topic: {0})
+            cluster=SimpleNamespace(partitions_for_topic=lambda topic: set(range(partitions)))
         )
 
     def create_batch(self) -> Batch:
@@ -40,6 +42,7 @@ class BatchProducer:
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
         self.batches.append(batch)
+        self.handed_at[partition] = asyncio.get_running_loop().time()
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         answer = self.answers.pop(0)
         if answer is None:
@@ -49,8 +52,14 @@ class BatchProducer:
         return acked
 
 
-def publisher_over(producer: BatchProducer) -> OutcomePublisher:
-    return OutcomePublisher("127.0.0.1:1", "outcomes", "dlq", producer=producer)  # type: ignore[arg-type]
+def publisher_over(producer: BatchProducer, linger_ms: int = 0) -> OutcomePublisher:
+    return OutcomePublisher(
+        "127.0.0.1:1",
+        "outcomes",
+        "dlq",
+        linger_ms=linger_ms,
+        producer=producer,
+    )
 
 
 async def test_every_record_of_a_failed_batch_gets_its_own_copy_of_the_error() -> None:
@@ -90,3 +99,27 @@ async def test_a_publish_waits_for_its_batchs_acknowledgement() -> None:
     assert not publish.done()
     acked.set_result(None)
     await asyncio.wait_for(publish, 1)
+
+
+async def test_lanes_started_within_one_linger_window_hand_their_batches_over_together() -> None:
+    producer = BatchProducer([None, None], partitions=6)
+    publisher = publisher_over(producer, linger_ms=100)
+    partition_of = KeyPartitioner()
+    first = "T0"
+    second = next(
+        test_id
+        for test_id in (f"T{n}" for n in range(1, 100))
+        if partition_of(test_id.encode(), 6) != partition_of(first.encode(), 6)
+    )
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+    early = asyncio.ensure_future(publisher.publish(outcome_record(test_id=first)))
+    await asyncio.sleep(0.05)
+    late = asyncio.ensure_future(publisher.publish(outcome_record(test_id=second)))
+    await asyncio.sleep(0.02)
+    assert producer.batches == []  # the window is still open
+    await asyncio.wait_for(asyncio.gather(early, late), 1)
+    handed = sorted(producer.handed_at.values())
+    assert len(handed) == 2
+    assert handed[0] >= opened + 0.1
+    assert handed[1] - handed[0] < 0.01  # the later lane did not wait a window of its own
