@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from consumer.tallies import Tally, TallyCounter, TallyHistogram
 
 
 @dataclass
@@ -13,30 +15,27 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.events = Counter(
-            "itep_events_consumed", "Exam events consumed, by decision", ["decision"], registry=r
+        # Counted on every event or POST: plain numbers, read when scraped.
+        self.events = TallyCounter(
+            "itep_events_consumed", "Exam events consumed, by decision", ["decision"], r
         )
-        self.outcomes = Counter(
-            "itep_webhook_outcomes",
-            "Outcome records published",
-            ["outcome", "reason"],
-            registry=r,
+        self.outcomes = TallyCounter(
+            "itep_webhook_outcomes", "Outcome records published", ["outcome", "reason"], r
         )
-        self.attempts = Counter(
-            "itep_webhook_attempts", "Webhook POST attempts, by result", ["result"], registry=r
+        self.attempts = TallyCounter(
+            "itep_webhook_attempts", "Webhook POST attempts, by result", ["result"], r
         )
-        self.endpoint_attempts = Counter(
+        self.endpoint_attempts = TallyCounter(
             "itep_endpoint_attempts",
             "Webhook POST attempts, by tracking code and result (delivered, retry, failed)",
             ["tracking_code", "result"],
-            registry=r,
+            r,
         )
-        self._children: dict[tuple[int, tuple[str, ...]], Counter] = {}
-        self.latency = Histogram(
+        self.latency = TallyHistogram(
             "itep_webhook_latency_seconds",
             "Latency of webhook POSTs",
-            registry=r,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+            r,
         )
         self.in_flight = Gauge(
             "itep_events_in_flight",
@@ -109,23 +108,14 @@ class Metrics:
             registry=r,
         )
 
-    def _child(self, counter: Counter, *values: str) -> Counter:
-        """``counter.labels(*values)``, kept: the counters below are counted on every event
-        or POST, and a label lookup takes a lock and builds a key each time."""
-        key = (id(counter), values)  # the counters are this object's, alive as long as it
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = counter.labels(*values)
-        return child
+    def event(self, decision: str) -> Tally:
+        return self.events.labels(decision)
 
-    def event(self, decision: str) -> Counter:
-        return self._child(self.events, decision)
+    def attempt(self, result: str) -> Tally:
+        return self.attempts.labels(result)
 
-    def attempt(self, result: str) -> Counter:
-        return self._child(self.attempts, result)
+    def outcome(self, outcome: str, reason: str) -> Tally:
+        return self.outcomes.labels(outcome, reason)
 
-    def outcome(self, outcome: str, reason: str) -> Counter:
-        return self._child(self.outcomes, outcome, reason)
-
-    def endpoint_attempt(self, tracking_code: str, result: str) -> Counter:
-        return self._child(self.endpoint_attempts, tracking_code, result)
+    def endpoint_attempt(self, tracking_code: str, result: str) -> Tally:
+        return self.endpoint_attempts.labels(tracking_code, result)
