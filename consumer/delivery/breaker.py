@@ -75,7 +75,9 @@ class Breaker:
     """
 
     __slots__ = (
+        "_attempts",
         "_buckets",
+        "_failures",
         "_half_open_reported",
         "_latest",
         "_opened_at",
@@ -88,6 +90,7 @@ class Breaker:
         self._policy = policy
         self._width = policy.window / BUCKETS
         self._buckets: deque[_Bucket] = deque()
+        self._attempts = self._failures = 0  # summed over the buckets held
         self._latest: float | None = None
         self._opened_at: float | None = None
         self._probing = False
@@ -180,19 +183,22 @@ class Breaker:
 
     def _count(self, now: float, ok: bool) -> Transition | None:
         index = math.floor(now / self._width)
-        while self._buckets and self._buckets[0].index <= index - BUCKETS:
-            self._buckets.popleft()
-        if not self._buckets or self._buckets[-1].index != index:
-            self._buckets.append(_Bucket(index))
-        bucket = self._buckets[-1]
+        buckets = self._buckets
+        while buckets and buckets[0].index <= index - BUCKETS:
+            gone = buckets.popleft()
+            self._attempts -= gone.attempts
+            self._failures -= gone.failures
+        if not buckets or buckets[-1].index != index:
+            buckets.append(_Bucket(index))
+        bucket = buckets[-1]
         bucket.attempts += 1
+        self._attempts += 1
         if not ok:
             bucket.failures += 1
-        attempts = sum(b.attempts for b in self._buckets)
-        if attempts < self._policy.min_attempts:
+            self._failures += 1
+        if self._attempts < self._policy.min_attempts:
             return None
-        failures = sum(b.failures for b in self._buckets)
-        if failures / attempts < self._policy.failure_ratio:
+        if self._failures / self._attempts < self._policy.failure_ratio:
             return None
         self._open(now)
         return Transition(BreakerState.CLOSED, BreakerState.OPEN, now)
@@ -201,3 +207,4 @@ class Breaker:
         self._opened_at = now
         self._half_open_reported = False
         self._buckets.clear()
+        self._attempts = self._failures = 0
