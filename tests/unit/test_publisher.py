@@ -7,7 +7,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError
+import pytest
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from consumer.partitioner import KeyPartitioner
 from consumer.publisher import OutcomePublisher
@@ -39,6 +40,9 @@ class BatchProducer:
 
     def create_batch(self) -> Batch:
         return Batch()
+
+    async def stop(self) -> None:
+        pass
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> Any:
         self.batches.append(batch)
@@ -123,3 +127,14 @@ async def test_lanes_started_within_one_linger_window_hand_their_batches_over_to
     assert len(handed) == 2
     assert handed[0] >= opened + 0.1
     assert handed[1] - handed[0] < 0.01  # the later lane did not wait a window of its own
+
+
+async def test_a_publish_waiting_in_the_window_fails_when_the_publisher_closes() -> None:
+    producer = BatchProducer([], partitions=6)
+    publisher = publisher_over(producer, linger_ms=1000)
+    waiting = asyncio.ensure_future(publisher.publish(outcome_record(test_id="T0")))
+    await asyncio.sleep(0.01)
+    await publisher.close()
+    with pytest.raises(KafkaError, match="stopped"):
+        await asyncio.wait_for(waiting, 1)
+    assert producer.batches == []
