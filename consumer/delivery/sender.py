@@ -220,13 +220,11 @@ class WebhookSender:
             await slots.limit.acquire()
             try:
                 await connections.acquire()
+                slots.in_flight += 1
                 try:
-                    slots.in_flight += 1
-                    try:
-                        return await self._timed(pool, target.origin, request)
-                    finally:
-                        slots.in_flight -= 1
+                    return await self._timed(pool, target.origin, request)
                 finally:
+                    slots.in_flight -= 1
                     connections.release()
             finally:
                 slots.limit.release()

@@ -53,12 +53,18 @@ async def test_a_released_slot_is_not_taken_by_a_newcomer_while_someone_waits() 
     newcomer.cancel()
 
 
-async def test_a_cancelled_waiter_leaves_the_queue_and_the_slot_goes_to_the_next() -> None:
+async def held_with_two_waiters() -> tuple[Slots, asyncio.Future[None], asyncio.Future[None]]:
+    """One slot, taken, and two callers queued for it in turn."""
     slots = Slots(1)
     await slots.acquire()
     first = asyncio.ensure_future(slots.acquire())
     second = asyncio.ensure_future(slots.acquire())
     await asyncio.sleep(0)
+    return slots, first, second
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_the_slot_goes_to_the_next() -> None:
+    slots, first, second = await held_with_two_waiters()
     first.cancel()
     await asyncio.sleep(0)
     slots.release()
@@ -68,11 +74,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_slot_goes_to_the_next
 
 
 async def test_a_slot_handed_to_a_waiter_cancelled_at_that_moment_is_passed_on() -> None:
-    slots = Slots(1)
-    await slots.acquire()
-    first = asyncio.ensure_future(slots.acquire())
-    second = asyncio.ensure_future(slots.acquire())
-    await asyncio.sleep(0)
+    slots, first, second = await held_with_two_waiters()
     slots.release()  # handed to the first waiter...
     first.cancel()  # ...which is cancelled before it runs
     with pytest.raises(asyncio.CancelledError):
