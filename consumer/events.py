@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Final, TypeGuard, TypeVar, cast
@@ -16,6 +16,7 @@ from typing import Any, Final, TypeGuard, TypeVar, cast
 import orjson
 
 from consumer.errors import InvalidEvent
+from consumer.records import record
 
 SCHEMA_VERSION: Final = 1
 
@@ -54,7 +55,7 @@ _RFC3339 = re.compile(
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SectionResult:
     level: float
     score: float
@@ -63,7 +64,7 @@ class SectionResult:
     question_count: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Results:
     score_report_url: str
     overall_level: float
@@ -71,7 +72,7 @@ class Results:
     sections: Mapping[str, SectionResult] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExamEvent:
     event_id: str
     event_type: EventType

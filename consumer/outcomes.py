@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -12,6 +11,7 @@ import orjson
 from consumer.delivery.retry_policy import AttemptResult
 from consumer.errors import InvalidEvent
 from consumer.events import ExamEvent
+from consumer.records import record
 
 SCHEMA_VERSION = 1
 
@@ -33,7 +33,7 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class OutcomeRecord:
     """One record of ``webhook-outcomes``; fields in the contract's order."""
 

@@ -6,10 +6,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 
 from consumer.events import EventType, ExamEvent, Status
+from consumer.records import record
 from consumer.tracking_codes import TrackingCode
 
 
@@ -29,13 +29,13 @@ _BY_STATUS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Deliver:
     trigger: Trigger
     tracking_code: TrackingCode
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Skip:
     """A trigger with no usable tracking code: nothing is sent, outcome ``skipped``."""
 
@@ -43,7 +43,7 @@ class Skip:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ignore:
     """Not a webhook at all: no outcome, only counted."""
 

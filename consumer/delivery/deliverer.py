@@ -24,7 +24,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -46,6 +45,7 @@ from consumer.delivery.webhook import WebhookRequest, build_body, build_request,
 from consumer.events import ExamEvent
 from consumer.metrics import Metrics
 from consumer.outcomes import Outcome, OutcomeRecord, event_outcome
+from consumer.records import record
 from consumer.tracking_codes import TrackingCode
 
 log = structlog.get_logger(__name__)
@@ -53,7 +53,7 @@ log = structlog.get_logger(__name__)
 EARLIER_PENDING = "earlier_delivery_pending"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Source:
     """Where the delivery's event was consumed from."""
 
@@ -62,7 +62,7 @@ class Source:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Delivery:
     """A trigger event on its way to its endpoint. ``row_id`` is None until it is on the
     schedule; ``attempts`` counts the POSTs made, ``step`` the schedule's steps used."""

@@ -20,9 +20,9 @@ breaker spares a failing endpoint, it never fails a delivery by itself.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from consumer.delivery.breaker import Breaker, BreakerPolicy, BreakerState, Transition
+from consumer.records import record
 from consumer.tracking_codes import TrackingCode
 
 PAUSED = "tracking_code_paused"
@@ -30,7 +30,7 @@ BUSY = "endpoint_busy"
 CIRCUIT_OPEN = "circuit_open"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Admit:
     code: str
     probe: bool = False
@@ -38,7 +38,7 @@ class Admit:
     started: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hold:
     reason: str
 

@@ -28,11 +28,12 @@ import asyncio
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 from typing import Final, cast
 
 import httptools
+
+from consumer.records import record
 
 MAX_HEAD_BYTES: Final = 65536
 
@@ -61,7 +62,7 @@ class BodyEnd(Enum):
     UNREAD = "unread"  # cut off, malformed or too slow: the connection closed
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Response:
     status: int
     retry_after: str | None

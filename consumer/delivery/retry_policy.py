@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Final
+
+from consumer.records import record
 
 RETRIABLE_STATUSES: Final = frozenset({408, 429})
 JITTER: Final = 0.2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptResult:
     """What one POST came to. ``status`` is None when no response arrived.
 
@@ -32,18 +33,18 @@ class AttemptResult:
     retry_after: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Delivered:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RetryAt:
     reason: str
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Fail:
     reason: str
 

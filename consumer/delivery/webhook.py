@@ -11,20 +11,21 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from consumer import __version__
 from consumer.events import ExamEvent
 from consumer.payload import build_data, form_body
+from consumer.records import record
 from consumer.tracking_codes import AuthMethod, TrackingCode
 
 USER_AGENT = f"itep-webhooks/{__version__}"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WebhookRequest:
     url: str = field(repr=False)
     headers: Mapping[str, str] = field(repr=False)
@@ -47,7 +48,7 @@ class WebhookRequest:
         return replace(self, headers=headers, timestamp=timestamp)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Endpoint:
     """What every request to one tracking code shares, worked out once per code."""
 
