@@ -1,12 +1,15 @@
 """The benchmark's events and the producers that put them on the input topic.
 
 Every event is a Complete status change (a trigger) with all five sections, as the contract
-shows it. Event i belongs to test ``i % tests`` and that test to tracking code
-``test % codes``, so each test keeps one code and the codes share the load evenly. The
+shows it. Event i belongs to test ``i % tests``; a test's events go to partition
+``test % 6`` (the service keys nothing on the partition, only on the test id), and the test
+to tracking code ``(test // 6) % codes``, so each test keeps one code and every partition
+carries every code evenly, as it would with real test ids hashed to partitions. (With
+``test % codes``, a code's parity followed its partitions': the two processes of
+``--processes 2``, given partitions 0, 2, 4 and 1, 3, 5, each saw 10 of the 20 codes.) The
 values are pre-encoded with orjson from one template that ``producers.builder`` validated
 with the consumer's own parser, and sent with a raw aiokafka producer in large batches, so a
-backlog of a million events is written in well under a minute. A test's events go to
-partition ``test % 6`` (the service keys nothing on the partition, only on the test id).
+backlog of a million events is written in well under a minute.
 
 ``PacedProducer`` publishes at a steady rate for the latency scenario: on a fixed schedule
 (event k is due at start + k / rate, whatever the loop's drift), each event stamped with
@@ -81,7 +84,7 @@ class EventMix:
                 "event_id": f"{run}-{i}",
                 "test_id": test_id,
                 "oid": oid,
-                "tracking_code": codes[test % len(codes)],
+                "tracking_code": codes[(test // PARTITIONS) % len(codes)],
             }
             return test_id.encode(), dumps(doc), test % PARTITIONS
 

@@ -2,7 +2,7 @@
 
 A ``frozen=True`` dataclass sets each field in ``__init__`` through ``object.__setattr__``,
 a call per field: 0.6-0.75 µs for five fields, where a plain slotted dataclass takes
-0.19 µs. About a hundred fields are set per webhook (the event and its five sections, the
+0.19 µs. About ninety fields are set per webhook (the event and its five sections, the
 decision, the delivery, the request, the result, the outcome record); making those classes
 records cut the service's CPU per webhook by 6-7% (``bench.paired``, BENCHMARKS.md, eighth
 round). Values made rarely (settings, tracking codes) stay frozen dataclasses.
