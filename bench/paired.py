@@ -7,8 +7,8 @@ of scenario 2's events (fast receivers, 20 codes) and drains them with that vers
 service, both at once. Both see the same machine at the same moment, so the ratio within a
 round holds when the machine's speed moves, which back-to-back runs on a shared machine do
 not give. The two share the cores, so each one's CPU per webhook is higher than alone: only
-the ratios count: two copies of one version give 0.98-1.02. The two take turns starting
-first.
+the ratios count, and only beyond the noise: two copies of one version gave 0.95-1.02 (eight
+rounds in three runs). The two take turns starting first.
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             # fill and stall the second while the first runs.
             outs = [Path(tmp) / f"{n}.out" for n in range(2)]
             children = []
-            # Two copies of one version differ by up to 2% either way; so that an edge of
-            # starting first or second falls on both, they take turns.
+            # So that any edge of starting first or second falls on both, they take turns.
             order = args.versions if number % 2 else args.versions[::-1]
             for version, out in zip(order, outs, strict=True):
                 label, path = version.split("=", 1)
