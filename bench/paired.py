@@ -7,7 +7,7 @@ of scenario 2's events (fast receivers, 20 codes) and drains them with that vers
 service, both at once. Both see the same machine at the same moment, so the ratio within a
 round holds when the machine's speed moves, which back-to-back runs on a shared machine do
 not give. The two share the cores, so each one's CPU per webhook is higher than alone: only
-the ratios count, and only beyond the noise: two copies of one version gave 0.95-1.02 (eight
+the ratios count, and only beyond the noise: two copies of one version gave 0.95-1.02 (nine
 rounds in three runs). The two take turns starting first.
 """
 
