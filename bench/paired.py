@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.versions) != 2 or not all("=" in v for v in args.versions):
         print("python -m bench.paired: give two versions as LABEL=PATH", file=sys.stderr)
         return 2
-    labels = [version.split("=", 1)[0] for version in args.versions]
+    versions = [tuple(version.split("=", 1)) for version in args.versions]
+    labels = [label for label, _ in versions]
     if labels[0] == labels[1]:
         print("python -m bench.paired: the two versions need different labels", file=sys.stderr)
         return 2
@@ -89,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             outs = [Path(tmp) / f"{n}.out" for n in range(2)]
             children = []
             # So that any edge of starting first or second falls on both, they take turns.
-            order = args.versions if number % 2 else args.versions[::-1]
-            for version, out in zip(order, outs, strict=True):
-                label, path = version.split("=", 1)
+            order = versions if number % 2 else versions[::-1]
+            for (label, path), out in zip(order, outs, strict=True):
                 with out.open("w") as sink:
                     children.append(
                         subprocess.Popen(  # noqa: S603 - this module, the caller's own arguments
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         by_label = {label: (float(cpu), rate) for label, cpu, rate in outputs}
         (cpu_a, rate_a), (cpu_b, rate_b) = by_label[labels[0]], by_label[labels[1]]
-        first = order[0].split("=", 1)[0]
+        first = order[0][0]
         print(
             f"round {number}: {labels[0]} {cpu_a:.4f} ms ({rate_a}/s),"
             f" {labels[1]} {cpu_b:.4f} ms ({rate_b}/s):"
