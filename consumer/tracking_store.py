@@ -29,7 +29,7 @@ import orjson
 import structlog
 
 from consumer.errors import InvalidTrackingCode, StoreUnavailable
-from consumer.postgres import UNAVAILABLE
+from consumer.postgres import UNAVAILABLE, create_pool
 from consumer.tracking_codes import AuthMethod, TrackingCode, validate_tracking_code
 
 _SELECT_BY_CODES: Final = """
@@ -131,12 +131,11 @@ class TrackingCodeStore:
 
     async def start(self) -> None:
         """Create the pool (connections are opened on first use) and the lookup routine."""
-        self._pool = await asyncpg.create_pool(
+        self._pool = await create_pool(
             self._dsn,
-            min_size=0,
             max_size=self._pool_size,
             init=init_connection,
-            timeout=self._query_timeout,
+            connect_timeout=self._query_timeout,
         )
         self._routine = asyncio.create_task(self._lookup_routine(), name="tracking_lookup")
         self._routine.add_done_callback(self._routine_ended)

@@ -28,7 +28,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from consumer.errors import StoreUnavailable
-from consumer.postgres import UNAVAILABLE
+from consumer.postgres import UNAVAILABLE, create_pool
 
 log = structlog.get_logger(__name__)
 
@@ -286,8 +286,8 @@ class ScheduleStore:
         return self._outage_started is None
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=0, max_size=self._pool_size, timeout=self._query_timeout
+        self._pool = await create_pool(
+            self._dsn, max_size=self._pool_size, connect_timeout=self._query_timeout
         )
         self._routine = asyncio.create_task(self._insert_routine(), name="schedule_insert")
         self._routine.add_done_callback(self._routine_ended)
