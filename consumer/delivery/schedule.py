@@ -10,7 +10,8 @@ the order they joined.
 Every call waits through a Postgres outage, trying again with backoff, so that nothing
 handed to the schedule is lost: an outage is logged once when it starts
 (``schedule_unavailable``) and once when it ends (``schedule_recovered``). ``add`` calls
-made during the same loop tick (or while the previous insert ran) share one ``INSERT``.
+made during the same loop tick (or while the previous insert ran) share one ``INSERT``, and
+``remove`` calls one ``DELETE``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from consumer.delivery.coalesce import Coalescer
 from consumer.errors import StoreUnavailable
 from consumer.postgres import UNAVAILABLE, create_pool
 
@@ -156,7 +158,7 @@ WHERE id = $1
 """
 
 # Both return whether another pending row of the same test is left. The outer query sees the
-# table as it was before the CTE's change, hence ``e.id <> $1``.
+# table as it was before the CTE's change, hence ``e.id <> $1`` (``<> ALL`` for a batch).
 _KILL: Final = """
 WITH dead AS (
     UPDATE scheduled_deliveries
@@ -173,10 +175,13 @@ SELECT EXISTS (
 """
 
 _REMOVE: Final = """
-WITH gone AS (DELETE FROM scheduled_deliveries WHERE id = $1 RETURNING test_id)
-SELECT EXISTS (
-    SELECT 1 FROM scheduled_deliveries e, gone
-    WHERE e.test_id = gone.test_id AND e.state = 'pending' AND e.id <> $1)
+WITH gone AS (
+    DELETE FROM scheduled_deliveries WHERE id = ANY($1::bigint[]) RETURNING id, test_id)
+SELECT gone.id, EXISTS (
+    SELECT 1 FROM scheduled_deliveries e
+    WHERE e.test_id = gone.test_id AND e.state = 'pending' AND e.id <> ALL($1::bigint[])
+) AS others
+FROM gone
 """
 
 _RELEASE: Final = """
@@ -275,44 +280,34 @@ class ScheduleStore:
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._pool: asyncpg.Pool | None = None
-        self._adds: list[tuple[NewDelivery, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._routine: asyncio.Task[None] | None = None
         self._outage_started: float | None = None
-        self.inserts = 0
+        self._inserts: Coalescer[NewDelivery, None] = Coalescer("insert", self._insert_batch)
+        self._removes: Coalescer[int, bool] = Coalescer("remove", self._remove_batch)
 
     @property
     def available(self) -> bool:
         return self._outage_started is None
 
+    @property
+    def inserts(self) -> int:
+        """``INSERT`` statements sent (each adds the rows of one batch)."""
+        return self._inserts.flushes
+
+    @property
+    def removes(self) -> int:
+        """``DELETE`` statements sent (each removes the rows of one batch)."""
+        return self._removes.flushes
+
     async def start(self) -> None:
         self._pool = await create_pool(
             self._dsn, max_size=self._pool_size, connect_timeout=self._query_timeout
         )
-        self._routine = asyncio.create_task(self._insert_routine(), name="schedule_insert")
-        self._routine.add_done_callback(self._routine_ended)
-
-    def _routine_ended(self, task: asyncio.Task[None]) -> None:
-        """Whatever stopped the insert routine, no add is left waiting for it."""
-        reason = "the schedule is closed"
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("schedule_insert_stopped", error=type(exc).__name__, exc_info=exc)
-            reason = f"schedule inserts stopped ({type(exc).__name__})"
-        adds, self._adds = self._adds, []
-        for _, future in adds:
-            if not future.done():
-                future.set_exception(StoreUnavailable(reason))
-                future.exception()
+        self._inserts.start()
+        self._removes.start()
 
     async def close(self) -> None:
-        if self._routine is not None:
-            self._routine.cancel()
-            await asyncio.wait([self._routine])
-        adds, self._adds = self._adds, []
-        for _, future in adds:
-            if not future.done():
-                future.set_exception(StoreUnavailable("the schedule is closed"))
-                future.exception()
+        await self._inserts.close()
+        await self._removes.close()
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), self._query_timeout)
@@ -324,53 +319,23 @@ class ScheduleStore:
     async def add(self, delivery: NewDelivery) -> None:
         """Add a row (a row of the same ``event_id`` already there is kept as it is);
         returns once it is committed."""
-        if self._routine is None or self._routine.done():
-            raise StoreUnavailable("the schedule is not running")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._adds.append((delivery, future))
-        self._wakeup.set()
-        await asyncio.shield(future)
+        await self._inserts.submit(delivery)
 
-    async def _insert_routine(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            await asyncio.sleep(0)  # adds of the same loop tick join this insert
-            self._wakeup.clear()
-            batch, self._adds = self._adds, []
-            if not batch:
-                continue
-            try:
-                await self._retrying("insert", functools.partial(self._insert, rows=batch))
-            except _REFUSED:
-                # One row the database refuses must not fail the others: add them one by one.
-                for delivery, future in batch:
-                    await self._insert_one(delivery, future)
-                continue
-            except StoreUnavailable as exc:  # only when closing
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                raise
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-
-    async def _insert_one(self, delivery: NewDelivery, future: asyncio.Future[None]) -> None:
+    async def _insert_batch(self, rows: list[NewDelivery]) -> list[BaseException | None]:
         try:
-            await self._retrying("insert", functools.partial(self._insert, rows=[(delivery, None)]))
-        except _REFUSED as exc:
-            log.exception(
-                "schedule_row_refused", error=type(exc).__name__, event_id=delivery.event_id
-            )
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(None)
+            await self._retrying("insert", functools.partial(self._insert_rows, rows=rows))
+        except _REFUSED:
+            # One row the database refuses must not fail the others: add them one by one.
+            return [await self._insert_one(row) for row in rows]
+        return [None] * len(rows)
 
-    async def _insert(self, conn: Connection, rows: Sequence[tuple[NewDelivery, object]]) -> None:
-        self.inserts += 1
-        await self._insert_rows(conn, [delivery for delivery, _ in rows])
+    async def _insert_one(self, row: NewDelivery) -> BaseException | None:
+        try:
+            await self._retrying("insert", functools.partial(self._insert_rows, rows=[row]))
+        except _REFUSED as exc:
+            log.exception("schedule_row_refused", error=type(exc).__name__, event_id=row.event_id)
+            return exc
+        return None
 
     @staticmethod
     async def _insert_rows(conn: Connection, rows: Sequence[NewDelivery]) -> None:
@@ -440,9 +405,14 @@ class ScheduleStore:
         return bool(value)
 
     async def remove(self, row_id: int) -> bool:
-        """Delete a settled row; True when its test has other pending rows."""
-        value = await self._retrying("remove", lambda conn: conn.fetchval(_REMOVE, row_id))
-        return bool(value)
+        """Delete a settled row; True when its test has other pending rows. The removes
+        of one moment share one ``DELETE``."""
+        return await self._removes.submit(row_id)
+
+    async def _remove_batch(self, row_ids: list[int]) -> list[bool | BaseException]:
+        rows = await self._retrying("remove", lambda conn: conn.fetch(_REMOVE, row_ids))
+        others = {row["id"]: row["others"] for row in rows}
+        return [bool(others.get(row_id)) for row_id in row_ids]
 
     async def release(self, row_ids: Sequence[int]) -> None:
         """Give claimed rows back unchanged."""

@@ -161,6 +161,20 @@ async def test_adds_of_one_moment_share_one_insert(schedule: ScheduleStore) -> N
     assert len(await schedule.claim(500, lease=30)) == 200
 
 
+async def test_removes_of_one_moment_share_one_delete_and_each_learns_about_its_test(
+    schedule: ScheduleStore,
+) -> None:
+    for test_id in ["A", "A", "B", "C", "C"]:
+        await schedule.add(row(test_id))
+    heads = {c.test_id: c.id for c in await schedule.claim(10, lease=30)}
+    before = schedule.removes
+    others = await asyncio.gather(*(schedule.remove(heads[t]) for t in ["A", "B", "C"]))
+    assert others == [True, False, True]
+    assert schedule.removes - before == 1
+    assert await schedule.remove(heads["B"]) is False, "a row already gone"
+    assert sorted(c.test_id for c in await schedule.claim(10, lease=30)) == ["A", "C"]
+
+
 async def test_a_nul_in_a_test_id_is_stored_replaced(schedule: ScheduleStore) -> None:
     await schedule.add(row("A\x00B"))
     [claimed] = await schedule.claim(10, lease=30)
@@ -210,7 +224,7 @@ async def test_an_unexpected_driver_error_is_logged_and_the_add_tried_again(
 ) -> None:
     """asyncpg may raise outside its usual classes while a server restarts (a protocol
     error): the add waits and succeeds, and the insert routine keeps running."""
-    real = schedule._insert
+    real = schedule._insert_rows
     calls = 0
 
     async def flaky(conn: object, rows: object) -> None:
@@ -220,7 +234,7 @@ async def test_an_unexpected_driver_error_is_logged_and_the_add_tried_again(
             raise RuntimeError("protocol state lost")
         await real(conn, rows)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(schedule, "_insert", flaky)
+    monkeypatch.setattr(schedule, "_insert_rows", flaky)
     with capture_logs() as logs:
         await asyncio.wait_for(schedule.add(row("A")), 10)
     assert calls == 2
