@@ -10,8 +10,8 @@ the order they joined.
 Every call waits through a Postgres outage, trying again with backoff, so that nothing
 handed to the schedule is lost: an outage is logged once when it starts
 (``schedule_unavailable``) and once when it ends (``schedule_recovered``). ``add`` calls
-made during the same loop tick (or while the previous insert ran) share one ``INSERT``, and
-``remove`` calls one ``DELETE``.
+made during the same loop tick (or while the previous insert ran) share one ``INSERT``; so
+do ``remove``, ``reschedule`` and ``release`` calls, each kind its own statement.
 """
 
 from __future__ import annotations
@@ -150,11 +150,15 @@ RETURNING {_CLAIMED}
 """  # noqa: S608 - a fixed column list
 
 _RESCHEDULE: Final = """
-UPDATE scheduled_deliveries
-SET due_at = $2, attempts = $3, step = $4, reason = $5, http_status = $6,
-    endpoint_host = COALESCE($7, endpoint_host), last_attempt_at = COALESCE($8, last_attempt_at),
+UPDATE scheduled_deliveries s
+SET due_at = u.due_at, attempts = u.attempts, step = u.step, reason = u.reason,
+    http_status = u.http_status, endpoint_host = COALESCE(u.endpoint_host, s.endpoint_host),
+    last_attempt_at = COALESCE(u.last_attempt_at, s.last_attempt_at),
     locked_by = NULL, locked_until = NULL
-WHERE id = $1
+FROM unnest($1::bigint[], $2::timestamptz[], $3::int[], $4::int[], $5::text[], $6::int[],
+            $7::text[], $8::timestamptz[])
+    AS u(id, due_at, attempts, step, reason, http_status, endpoint_host, last_attempt_at)
+WHERE s.id = u.id
 """
 
 # Both return whether another pending row of the same test is left. The outer query sees the
@@ -283,31 +287,31 @@ class ScheduleStore:
         self._outage_started: float | None = None
         self._inserts: Coalescer[NewDelivery, None] = Coalescer("insert", self._insert_batch)
         self._removes: Coalescer[int, bool] = Coalescer("remove", self._remove_batch)
+        self._reschedules: Coalescer[tuple[int, Progress, datetime], None] = Coalescer(
+            "reschedule", self._reschedule_batch
+        )
+        self._releases: Coalescer[list[int], None] = Coalescer("release", self._release_batch)
+        self._batchers = (self._inserts, self._removes, self._reschedules, self._releases)
 
     @property
     def available(self) -> bool:
         return self._outage_started is None
 
-    @property
-    def inserts(self) -> int:
-        """``INSERT`` statements sent (each adds the rows of one batch)."""
-        return self._inserts.flushes
-
-    @property
-    def removes(self) -> int:
-        """``DELETE`` statements sent (each removes the rows of one batch)."""
-        return self._removes.flushes
+    def statements(self) -> dict[str, int]:
+        """Per kind of batched write (insert, remove, reschedule, release), the statements
+        sent so far; each carries the rows of one batch."""
+        return {batcher.name: batcher.flushes for batcher in self._batchers}
 
     async def start(self) -> None:
         self._pool = await create_pool(
             self._dsn, max_size=self._pool_size, connect_timeout=self._query_timeout
         )
-        self._inserts.start()
-        self._removes.start()
+        for batcher in self._batchers:
+            batcher.start()
 
     async def close(self) -> None:
-        await self._inserts.close()
-        await self._removes.close()
+        for batcher in self._batchers:
+            await batcher.close()
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), self._query_timeout)
@@ -390,11 +394,25 @@ class ScheduleStore:
         ]
 
     async def reschedule(self, row_id: int, progress: Progress, due_at: datetime) -> None:
-        """Put a claimed row back, pending until ``due_at``; the lease ends."""
-        await self._retrying(
-            "reschedule",
-            lambda conn: conn.execute(_RESCHEDULE, row_id, due_at, *_progress_args(progress)),
+        """Put a claimed row back, pending until ``due_at``; the lease ends. The
+        reschedules of one moment share one ``UPDATE``."""
+        await self._reschedules.submit((row_id, progress, due_at))
+
+    async def _reschedule_batch(
+        self, rows: list[tuple[int, Progress, datetime]]
+    ) -> list[BaseException | None]:
+        columns = (
+            [row_id for row_id, _, _ in rows],
+            [due_at for _, _, due_at in rows],
+            [p.attempts for _, p, _ in rows],
+            [p.step for _, p, _ in rows],
+            [p.reason for _, p, _ in rows],
+            [p.http_status for _, p, _ in rows],
+            [p.endpoint_host for _, p, _ in rows],
+            [p.last_attempt_at for _, p, _ in rows],
         )
+        await self._retrying("reschedule", lambda conn: conn.execute(_RESCHEDULE, *columns))
+        return [None] * len(rows)
 
     async def kill(self, row_id: int, progress: Progress) -> bool:
         """Mark a claimed row dead (kept for replay); True when its test has other
@@ -415,10 +433,15 @@ class ScheduleStore:
         return [bool(others.get(row_id)) for row_id in row_ids]
 
     async def release(self, row_ids: Sequence[int]) -> None:
-        """Give claimed rows back unchanged."""
+        """Give claimed rows back unchanged. The releases of one moment share one
+        ``UPDATE``."""
         if row_ids:
-            ids = list(row_ids)
-            await self._retrying("release", lambda conn: conn.execute(_RELEASE, ids, self.owner))
+            await self._releases.submit(list(row_ids))
+
+    async def _release_batch(self, batches: list[list[int]]) -> list[BaseException | None]:
+        ids = [row_id for row_ids in batches for row_id in row_ids]
+        await self._retrying("release", lambda conn: conn.execute(_RELEASE, ids, self.owner))
+        return [None] * len(batches)
 
     async def renew(self, row_ids: Sequence[int], lease: float) -> None:
         """Extend the leases on rows still being attempted; one try."""

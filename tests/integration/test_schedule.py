@@ -155,9 +155,9 @@ async def test_a_second_row_for_the_same_event_is_ignored(
 
 
 async def test_adds_of_one_moment_share_one_insert(schedule: ScheduleStore) -> None:
-    before = schedule.inserts
+    before = schedule.statements()["insert"]
     await asyncio.gather(*(schedule.add(row(f"T{i}")) for i in range(200)))
-    assert schedule.inserts - before <= 3
+    assert schedule.statements()["insert"] - before <= 3
     assert len(await schedule.claim(500, lease=30)) == 200
 
 
@@ -167,12 +167,45 @@ async def test_removes_of_one_moment_share_one_delete_and_each_learns_about_its_
     for test_id in ["A", "A", "B", "C", "C"]:
         await schedule.add(row(test_id))
     heads = {c.test_id: c.id for c in await schedule.claim(10, lease=30)}
-    before = schedule.removes
+    before = schedule.statements()["remove"]
     others = await asyncio.gather(*(schedule.remove(heads[t]) for t in ["A", "B", "C"]))
     assert others == [True, False, True]
-    assert schedule.removes - before == 1
+    assert schedule.statements()["remove"] - before == 1
     assert await schedule.remove(heads["B"]) is False, "a row already gone"
     assert sorted(c.test_id for c in await schedule.claim(10, lease=30)) == ["A", "C"]
+
+
+async def test_reschedules_of_one_moment_share_one_update_each_with_its_own_values(
+    schedule: ScheduleStore, db: asyncpg.Connection
+) -> None:
+    for test_id in ["A", "B"]:
+        await schedule.add(row(test_id))
+    claimed = {c.test_id: c.id for c in await schedule.claim(10, lease=30)}
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    before = schedule.statements()["reschedule"]
+    await asyncio.gather(
+        schedule.reschedule(claimed["A"], Progress(2, 2, "http_503", 503, "a.example"), later),
+        schedule.reschedule(claimed["B"], Progress(1, 2, "circuit_open"), later),
+    )
+    assert schedule.statements()["reschedule"] - before == 1
+    rows = await db.fetch(
+        "SELECT test_id, attempts, step, reason, http_status, endpoint_host, due_at, locked_by"
+        " FROM scheduled_deliveries ORDER BY test_id"
+    )
+    assert [tuple(r.values()) for r in rows] == [
+        ("A", 2, 2, "http_503", 503, "a.example", later, None),
+        ("B", 1, 2, "circuit_open", None, None, later, None),
+    ]
+
+
+async def test_releases_of_one_moment_share_one_update(schedule: ScheduleStore) -> None:
+    for test_id in ["A", "B", "C"]:
+        await schedule.add(row(test_id))
+    ids = [c.id for c in await schedule.claim(10, lease=300)]
+    before = schedule.statements()["release"]
+    await asyncio.gather(schedule.release(ids[:1]), schedule.release(ids[1:]))
+    assert schedule.statements()["release"] - before == 1
+    assert sorted(c.id for c in await schedule.claim(10, lease=30)) == sorted(ids)
 
 
 async def test_a_nul_in_a_test_id_is_stored_replaced(schedule: ScheduleStore) -> None:
