@@ -3,8 +3,8 @@ measured in the same run (``make bench``; ``make bench QUICK=1`` for ``--quick``
 
 Scenarios (``--only`` takes their names, comma-separated): ``limit``, ``fast``,
 ``faststream``, ``naive``, ``slow``, ``latency``, ``backlog``, ``scaling`` (or one of its
-halves: ``inflight``, ``processes``). The limit runs whenever a chosen scenario needs it as
-a reference, and once more at the end of the run, so that the tables show how far the
+halves: ``inflight``, ``processes``), ``schedule``. The limit runs whenever a chosen scenario
+needs it as a reference, and once more at the end of the run, so that the tables show how far the
 machine drifted while it ran. A full or quick run of every scenario writes its tables into
 BENCHMARKS.md (its own marked section each); a partial run (``--only``, ``--events``) only
 prints them unless ``--write``; ``--no-write`` never writes.
@@ -30,12 +30,22 @@ from bench import report
 from bench.context import Context
 from bench.machine import describe_machine
 from bench.plan import FULL, QUICK, Plan
-from bench.scenarios import backlog, fast, latency, limit, scaling, slow
+from bench.scenarios import backlog, fast, latency, limit, scaling, schedule, slow
 from bench.stack import LOG_DIR, ROOT, Kafka, processes_flag_supported
 from bench.workload import service_log_level
 from consumer.settings import Settings
 
-SCENARIOS = ("limit", "fast", "faststream", "naive", "slow", "latency", "backlog", "scaling")
+SCENARIOS = (
+    "limit",
+    "fast",
+    "faststream",
+    "naive",
+    "slow",
+    "latency",
+    "backlog",
+    "scaling",
+    "schedule",
+)
 SCALING_HALVES = ("inflight", "processes")
 NEED_LIMIT = frozenset({"fast", "faststream", "naive", "slow", "scaling", *SCALING_HALVES})
 
@@ -131,6 +141,8 @@ def _steps(ctx: Context, chosen: list[str]) -> list[Step]:
                 ),
             )
         )
+    if "schedule" in chosen:
+        steps.append(("8 schedule", lambda: schedule.run(ctx)))
     if with_limit and len(steps) > 1:
         # The same reference once more after everything else: how far the machine
         # itself drifted over the run, beside the ratios taken against the first.

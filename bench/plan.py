@@ -26,6 +26,7 @@ class Plan:
     scaling_seconds: float  # each in-flight run is sized for this long at its reference rate
     scaling_processes: tuple[int, ...]
     scaling_process_events: int
+    schedule_events: int  # scenario 8: events held, then drained from the schedule
 
     def with_events(self, events: int) -> Plan:
         return replace(self, events=events, tests=max(1, events // 10))
@@ -51,6 +52,7 @@ FULL = Plan(
     scaling_seconds=30.0,
     scaling_processes=(1, 2),
     scaling_process_events=100_000,
+    schedule_events=50_000,
 )
 
 QUICK = Plan(
@@ -73,4 +75,5 @@ QUICK = Plan(
     scaling_seconds=5.0,
     scaling_processes=(1, 2),
     scaling_process_events=10_000,
+    schedule_events=5_000,
 )

@@ -111,3 +111,31 @@ class ProcessTree:
                 rss += values.get("VmRSS", 0)
                 hwm += values.get("VmHWM", 0)
         return Memory(rss_kb=rss, hwm_kb=hwm, processes=count)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return (PROC / str(pid) / "comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return 0
+    return int(text.rsplit(")", 1)[1].split()[1])
+
+
+def postgres_tree() -> ProcessTree:
+    """Every Postgres server on the machine: each ``postgres`` process whose parent is not
+    one, with its backends and workers below it."""
+    roots = [
+        int(entry.name)
+        for entry in PROC.iterdir()
+        if entry.name.isdigit()
+        and _comm(int(entry.name)) == "postgres"
+        and _comm(_parent(int(entry.name))) != "postgres"
+    ]
+    return ProcessTree(roots)

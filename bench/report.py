@@ -239,6 +239,24 @@ def backlog_lines(results: Results) -> list[str]:
     return _table(header, rows)
 
 
+def scheduled_lines(results: Results) -> list[str]:
+    if not results.scheduled:
+        return []
+    rows = [
+        [
+            row.run,
+            f"{row.rows:,}",
+            f"{row.seconds:.1f} s",
+            _n(row.rate),
+            _ms(row.service_cpu_ms),
+            _ms(row.postgres_cpu_ms),
+        ]
+        for row in results.scheduled
+    ]
+    header = ("8 schedule", "rows", "window", "rows/s", "service CPU/row", "Postgres CPU/row")
+    return _table(header, rows)
+
+
 def render(
     results: Results,
     *,
@@ -264,7 +282,13 @@ def render(
     ]
     if SERVICE_ROOT != ROOT:
         lines.append(f"Service code: the checkout at `{SERVICE_ROOT}` (BENCH_SERVICE_CHECKOUT).")
-    for block in (throughput_lines(results), latency_lines(results), backlog_lines(results)):
+    blocks = (
+        throughput_lines(results),
+        latency_lines(results),
+        backlog_lines(results),
+        scheduled_lines(results),
+    )
+    for block in blocks:
         if block:
             lines += ["", *block]
     if results.notes:

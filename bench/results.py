@@ -68,6 +68,30 @@ class Backlog:
     window: Window
 
 
+@dataclass(frozen=True, slots=True)
+class Scheduled:
+    """Scenario 8: ``rows`` of the schedule worked through in ``seconds``; the service's and
+    Postgres's CPU over that window, per row."""
+
+    run: str  # "resumed" (delivered) or "held again" (breaker open)
+    rows: int
+    seconds: float
+    service_cpu_s: float
+    postgres_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def service_cpu_ms(self) -> float:
+        return 1000.0 * self.service_cpu_s / self.rows
+
+    @property
+    def postgres_cpu_ms(self) -> float:
+        return 1000.0 * self.postgres_cpu_s / self.rows
+
+
 @dataclass(slots=True)
 class Results:
     limit: Limit | None = None
@@ -76,4 +100,5 @@ class Results:
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
     backlog: list[Backlog] = field(default_factory=list)
+    scheduled: list[Scheduled] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -7,5 +7,7 @@
 4. ``latency``: publication to arrival at steady rates.
 5. ``backlog``: peak memory against the backlog waiting at start-up.
 7. ``scaling``: throughput against ``MAX_IN_FLIGHT`` and the number of processes.
+8. ``schedule``: due deliveries worked through from Postgres (a code resumed, a breaker
+   open).
 (6, the naive baseline, runs inside 2 and 3.)
 """

@@ -1,10 +1,11 @@
 """The throughput table shows the limit measured again at the end of a run, and its drift,
-and the service's own sender in a bare loop, with what the service spends beyond it."""
+and the service's own sender in a bare loop, with what the service spends beyond it; the
+schedule table gives each side's CPU per row."""
 
 from __future__ import annotations
 
-from bench.report import throughput_lines
-from bench.results import Limit, Results, Throughput
+from bench.report import scheduled_lines, throughput_lines
+from bench.results import Limit, Results, Scheduled, Throughput
 from bench.window import Window
 
 
@@ -75,3 +76,11 @@ def test_the_service_is_set_against_its_own_senders_bare_loop() -> None:
 def test_without_the_senders_loop_there_is_no_such_line() -> None:
     results = Results(limit=_limit(1.0, 0.2), throughput=[_service(0.3)])
     assert not any(line.startswith("Against") for line in throughput_lines(results))
+
+
+def test_the_schedule_table_gives_rows_per_second_and_each_sides_cpu_per_row() -> None:
+    results = Results(scheduled=[Scheduled("resumed", 20_000, 8.0, 4.0, 5.0)])
+    assert scheduled_lines(results)[2] == (
+        "| resumed | 20,000 | 8.0 s | 2,500 | 0.200 ms | 0.250 ms |"
+    )
+    assert scheduled_lines(Results()) == []
