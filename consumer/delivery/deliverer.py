@@ -404,6 +404,7 @@ class Deliverer:
             state=state,
             progress=progress,
             due_at=due,
+            behind=progress.reason == EARLIER_PENDING,
         )
 
     def _settled(self, delivery: Delivery, others_waiting: bool, since: int) -> None:

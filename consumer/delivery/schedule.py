@@ -73,6 +73,9 @@ class NewDelivery:
     state: str
     progress: Progress
     due_at: datetime
+    # Joins behind an earlier pending delivery of its test: stored not due (``infinity``)
+    # while that one is pending, and made due when it is settled (``_REMOVE``, ``_KILL``).
+    behind: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +109,24 @@ _COLUMNS: Final = (
     "last_attempt_at, failed_at"
 )
 
+# A row behind an earlier pending one of its test is not due until that one is settled: the
+# claim's scan of due rows in order never walks over it (with many such rows, a scan that
+# checked each one's test cost Postgres more than the deliveries it found).
 _INSERT: Final = f"""
 INSERT INTO scheduled_deliveries ({_COLUMNS})
-SELECT *, CASE WHEN state = 'dead' THEN now() END
+SELECT event_id, test_id, tracking_code, trigger, event, source_topic, source_partition,
+       source_offset, state, attempts, step,
+       CASE WHEN behind AND EXISTS (
+           SELECT 1 FROM scheduled_deliveries e WHERE e.test_id = u.test_id AND e.state = 'pending'
+       ) THEN 'infinity' ELSE due_at END,
+       reason, http_status, endpoint_host, last_attempt_at,
+       CASE WHEN state = 'dead' THEN now() END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[],
             $7::int[], $8::bigint[], $9::text[], $10::int[], $11::int[], $12::timestamptz[],
-            $13::text[], $14::int[], $15::text[], $16::timestamptz[])
+            $13::text[], $14::int[], $15::text[], $16::timestamptz[], $17::bool[])
     AS u(event_id, test_id, tracking_code, trigger, event, source_topic, source_partition,
          source_offset, state, attempts, step, due_at, reason, http_status, endpoint_host,
-         last_attempt_at)
+         last_attempt_at, behind)
 ON CONFLICT (event_id) DO NOTHING
 """  # noqa: S608 - a fixed column list
 
@@ -161,31 +173,55 @@ FROM unnest($1::bigint[], $2::timestamptz[], $3::int[], $4::int[], $5::text[], $
 WHERE s.id = u.id
 """
 
-# Both return whether another pending row of the same test is left. The outer query sees the
-# table as it was before the CTE's change, hence ``e.id <> $1`` (``<> ALL`` for a batch).
-_KILL: Final = """
-WITH dead AS (
+# Both return whether another pending row of the same test is left, and make the next one
+# due when it was waiting behind (``infinity``). The statement sees the table as it was
+# before its own changes, hence ``e.id <> ALL($1)``.
+_NEXT_DUE: Final = """
+next_due AS (
+    UPDATE scheduled_deliveries n SET due_at = now()
+    FROM settled
+    WHERE n.test_id = settled.test_id AND n.state = 'pending' AND n.due_at = 'infinity'
+      AND n.id = (
+          SELECT min(e.id) FROM scheduled_deliveries e
+          WHERE e.test_id = settled.test_id AND e.state = 'pending' AND e.id <> ALL($1))
+)
+"""
+_OTHERS: Final = """
+EXISTS (
+    SELECT 1 FROM scheduled_deliveries e
+    WHERE e.test_id = settled.test_id AND e.state = 'pending' AND e.id <> ALL($1::bigint[])
+) AS others
+"""
+
+_KILL: Final = f"""
+WITH settled AS (
     UPDATE scheduled_deliveries
     SET state = 'dead', attempts = $2, step = $3, reason = $4, http_status = $5,
         endpoint_host = COALESCE($6, endpoint_host),
         last_attempt_at = COALESCE($7, last_attempt_at),
         failed_at = now(), locked_by = NULL, locked_until = NULL
-    WHERE id = $1
-    RETURNING test_id
-)
-SELECT EXISTS (
-    SELECT 1 FROM scheduled_deliveries e, dead
-    WHERE e.test_id = dead.test_id AND e.state = 'pending' AND e.id <> $1)
-"""
+    WHERE id = ANY($1::bigint[])
+    RETURNING id, test_id
+), {_NEXT_DUE}
+SELECT {_OTHERS} FROM settled
+"""  # noqa: S608 - fixed fragments
 
-_REMOVE: Final = """
-WITH gone AS (
-    DELETE FROM scheduled_deliveries WHERE id = ANY($1::bigint[]) RETURNING id, test_id)
-SELECT gone.id, EXISTS (
-    SELECT 1 FROM scheduled_deliveries e
-    WHERE e.test_id = gone.test_id AND e.state = 'pending' AND e.id <> ALL($1::bigint[])
-) AS others
-FROM gone
+_REMOVE: Final = f"""
+WITH settled AS (
+    DELETE FROM scheduled_deliveries WHERE id = ANY($1::bigint[]) RETURNING id, test_id
+), {_NEXT_DUE}
+SELECT settled.id, {_OTHERS} FROM settled
+"""  # noqa: S608 - fixed fragments
+
+# A row left behind when its earlier one was settled while it was being added (two
+# statements at once, neither seeing the other's row) is made due by the housekeeping.
+_BEHIND_FREED: Final = """
+UPDATE scheduled_deliveries d SET due_at = now()
+WHERE d.state = 'pending' AND d.due_at = 'infinity'
+  AND ($1::text IS NULL OR d.source_topic = $1)
+  AND NOT EXISTS (
+      SELECT 1 FROM scheduled_deliveries e
+      WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
 """
 
 _RELEASE: Final = """
@@ -361,6 +397,7 @@ class ScheduleStore:
             [r.progress.http_status for r in rows],
             [r.progress.endpoint_host for r in rows],
             [r.progress.last_attempt_at for r in rows],
+            [r.behind for r in rows],
         )
 
     # -- claiming and settling ----------------------------------------------------------
@@ -418,7 +455,7 @@ class ScheduleStore:
         """Mark a claimed row dead (kept for replay); True when its test has other
         pending rows."""
         value = await self._retrying(
-            "kill", lambda conn: conn.fetchval(_KILL, row_id, *_progress_args(progress))
+            "kill", lambda conn: conn.fetchval(_KILL, [row_id], *_progress_args(progress))
         )
         return bool(value)
 
@@ -484,6 +521,12 @@ class ScheduleStore:
         ids = [_storable(t) for t in test_ids]
         rows = await self._once(lambda conn: conn.fetch(_STILL_WAITING, ids))
         return {row["test_id"] for row in rows}
+
+    async def free_behind(self) -> int:
+        """Make due the rows waiting behind an earlier delivery that is no longer pending
+        (see ``_BEHIND_FREED``); one try. Returns how many."""
+        status = await self._once(lambda conn: conn.execute(_BEHIND_FREED, self.topic))
+        return int(status.split()[-1])
 
     async def stats(self) -> ScheduleStats:
         """Counts by state and the age of the oldest overdue claimable row; one try."""

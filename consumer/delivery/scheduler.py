@@ -18,7 +18,8 @@ hand every third of it, so an attempt may take as long as it takes while a crash
 deliveries are claimable again ``lease`` seconds after it died.
 
 ``_housekeeping_routine`` exports the schedule's counts and the age of its oldest overdue
-delivery, and forgets test ids that no longer have anything waiting.
+delivery, forgets test ids that no longer have anything waiting, and makes due any delivery
+left waiting behind one that was settled while it was being added.
 """
 
 from __future__ import annotations
@@ -219,6 +220,8 @@ class ScheduleRunner:
                 self.metrics.oldest_overdue.set(stats.oldest_overdue_seconds)
                 if rounds % PRUNE_EVERY == 0:
                     await self._prune_waiting()
+                    if freed := await self.schedule.free_behind():
+                        log.info("schedule_behind_freed", deliveries=freed)
             except StoreUnavailable:
                 pass  # logged by the store; the next round tries again
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)

@@ -115,6 +115,52 @@ async def test_a_later_row_waits_while_the_head_is_leased_elsewhere(
     assert await schedule.remove(second.id) is False
 
 
+async def test_a_row_behind_an_earlier_one_is_not_due_until_that_one_is_removed(
+    schedule: ScheduleStore, db: asyncpg.Connection
+) -> None:
+    await schedule.add(row("A"))
+    await schedule.add(row("A", behind=True))
+    assert (
+        await db.fetchval("SELECT count(*) FROM scheduled_deliveries WHERE due_at = 'infinity'")
+        == 1
+    )
+    [head] = await schedule.claim(10, lease=30)
+    assert await schedule.remove(head.id) is True
+    [second] = await schedule.claim(10, lease=30)
+    assert second.id == head.id + 1
+    assert second.due_at <= datetime.now(UTC)
+
+
+async def test_a_row_behind_a_head_that_fails_for_good_is_due_at_once(
+    schedule: ScheduleStore,
+) -> None:
+    await schedule.add(row("A"))
+    await schedule.add(row("A", behind=True))
+    [head] = await schedule.claim(10, lease=30)
+    assert await schedule.kill(head.id, Progress(7, 7, "http_500", 500)) is True
+    [second] = await schedule.claim(10, lease=30)
+    assert second.id == head.id + 1
+
+
+async def test_a_row_behind_nothing_pending_is_due_at_once(schedule: ScheduleStore) -> None:
+    """The consume loop's list of waiting tests may be stale: the insert checks."""
+    await schedule.add(row("A", behind=True))
+    assert len(await schedule.claim(10, lease=30)) == 1
+
+
+async def test_a_row_left_behind_a_settled_one_is_made_due_by_free_behind(
+    schedule: ScheduleStore, db: asyncpg.Connection
+) -> None:
+    """Added while its earlier row was being removed, neither statement seeing the other."""
+    await schedule.add(row("A"))
+    await db.execute("UPDATE scheduled_deliveries SET due_at = 'infinity'")
+    await schedule.add(row("B"))
+    await schedule.add(row("B", behind=True))  # still behind its head: stays
+    assert [c.test_id for c in await schedule.claim(10, lease=300)] == ["B"]
+    assert await schedule.free_behind() == 1
+    assert [c.test_id for c in await schedule.claim(10, lease=30)] == ["A"]
+
+
 async def test_dead_rows_are_kept_and_do_not_hold_later_ones(
     schedule: ScheduleStore, db: asyncpg.Connection
 ) -> None:
