@@ -101,6 +101,15 @@ class ScheduleStats:
     pending: int
     dead: int
     oldest_overdue_seconds: float  # 0 when nothing claimable is overdue
+    planned_rows: float = -1.0  # rows the planner's statistics count in the table (-1: none)
+
+    @property
+    def statistics_stale(self) -> bool:
+        """The rows counted are more than twice what the planner believes (500 at least):
+        a schedule that filled within the last minute, before autovacuum analysed it. On a
+        table it believes nearly empty, the planner evaluates every due row for each claim
+        (a claim of 200 took 157 ms with 50,000 rows, against 28 ms after ``ANALYZE``)."""
+        return self.pending + self.dead > 2 * max(self.planned_rows, 500.0)
 
 
 _COLUMNS: Final = (
@@ -270,7 +279,9 @@ SELECT
           AND NOT EXISTS (
               SELECT 1 FROM scheduled_deliveries e
               WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id))), 0)::float8
-        AS oldest_overdue
+        AS oldest_overdue,
+    (SELECT reltuples FROM pg_class WHERE oid = 'scheduled_deliveries'::regclass)::float8
+        AS planned_rows
 FROM scheduled_deliveries d
 LEFT JOIN tracking_codes t ON t.code = d.tracking_code
 WHERE $1::text IS NULL OR d.source_topic = $1
@@ -532,7 +543,13 @@ class ScheduleStore:
         """Counts by state and the age of the oldest overdue claimable row; one try."""
         row = await self._once(lambda conn: conn.fetchrow(_STATS, self.topic))
         assert row is not None  # an aggregate always yields a row
-        return ScheduleStats(row["pending"], row["dead"], float(row["oldest_overdue"]))
+        return ScheduleStats(
+            row["pending"], row["dead"], float(row["oldest_overdue"]), float(row["planned_rows"])
+        )
+
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics of the table; one try."""
+        await self._once(lambda conn: conn.execute("ANALYZE scheduled_deliveries"))
 
     # -- connections --------------------------------------------------------------------
 

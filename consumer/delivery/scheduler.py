@@ -18,8 +18,9 @@ hand every third of it, so an attempt may take as long as it takes while a crash
 deliveries are claimable again ``lease`` seconds after it died.
 
 ``_housekeeping_routine`` exports the schedule's counts and the age of its oldest overdue
-delivery, forgets test ids that no longer have anything waiting, and makes due any delivery
-left waiting behind one that was settled while it was being added.
+delivery, refreshes the planner's statistics of the schedule when it has outgrown them,
+forgets test ids that no longer have anything waiting, and makes due any delivery left
+waiting behind one that was settled while it was being added.
 """
 
 from __future__ import annotations
@@ -218,6 +219,13 @@ class ScheduleRunner:
                 self.metrics.scheduled.labels("pending").set(stats.pending)
                 self.metrics.scheduled.labels("dead").set(stats.dead)
                 self.metrics.oldest_overdue.set(stats.oldest_overdue_seconds)
+                if stats.statistics_stale:
+                    await self.schedule.analyze()
+                    log.info(
+                        "schedule_analyzed",
+                        rows=stats.pending + stats.dead,
+                        planned_rows=stats.planned_rows,
+                    )
                 if rounds % PRUNE_EVERY == 0:
                     await self._prune_waiting()
                     if freed := await self.schedule.free_behind():

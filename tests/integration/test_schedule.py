@@ -279,6 +279,17 @@ async def test_stats_count_states_and_the_oldest_overdue(schedule: ScheduleStore
     assert 29 <= stats.oldest_overdue_seconds <= 40
 
 
+async def test_statistics_are_stale_once_the_schedule_outgrows_them_and_analyze_fixes_it(
+    schedule: ScheduleStore,
+) -> None:
+    await asyncio.gather(*(schedule.add(row(f"T{i}")) for i in range(1_500)))
+    await schedule.analyze()
+    stats = await schedule.stats()
+    assert (stats.planned_rows, stats.statistics_stale) == (1_500, False)
+    await asyncio.gather(*(schedule.add(row(f"U{i}")) for i in range(1_600)))
+    assert (await schedule.stats()).statistics_stale  # 3,100 rows, planned for 1,500
+
+
 async def test_release_all_gives_back_this_instances_leases(schedule: ScheduleStore) -> None:
     await schedule.add(row("A"))
     await schedule.claim(10, lease=300)
