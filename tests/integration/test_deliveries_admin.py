@@ -132,7 +132,8 @@ async def test_list_prints_one_line_per_delivery_rfc3339_times_and_a_count_line(
 
 
 async def test_list_shows_a_delivery_waiting_behind_an_earlier_one_as_due_after_it(cli, db):
-    await insert(db, event_id="e-1", reason="earlier_delivery_pending", due_at=datetime.max)
+    row_id = await insert(db, event_id="e-1", reason="earlier_delivery_pending")
+    await db.execute("UPDATE scheduled_deliveries SET due_at = 'infinity' WHERE id = $1", row_id)
     status, out, _ = await cli("list")
     assert status == 0
     assert out.splitlines()[1].split()[8:10] == ["after_earlier", "earlier_delivery_pending"]
