@@ -170,6 +170,15 @@ WHERE s.id = due.id
 RETURNING {_CLAIMED}
 """  # noqa: S608 - a fixed column list
 
+# The claim must walk the due index in order and stop at its limit. Statistics that lag
+# behind a schedule filled or emptied within seconds made the planner read every due row and
+# sort them instead: 235 ms against 14 ms for 200 of 50,000 rows (``EXPLAIN ANALYZE``, the
+# statistics of an empty table). Within the claim's transaction, only the ordered scan is
+# left to choose.
+_CLAIM_PLAN: Final = (
+    "SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off"
+)
+
 _RESCHEDULE: Final = """
 UPDATE scheduled_deliveries s
 SET due_at = u.due_at, attempts = u.attempts, step = u.step, reason = u.reason,
@@ -420,9 +429,15 @@ class ScheduleStore:
         ``lease`` seconds; codes in ``exclude`` are passed over. One try: the caller
         polls again."""
         excluded = list(exclude)
-        rows = await self._once(
-            lambda conn: conn.fetch(_CLAIM, limit, excluded, self.owner, lease, self.topic)
-        )
+
+        async def claim(conn: Connection) -> list[asyncpg.Record]:
+            async with conn.transaction():
+                await conn.execute(_CLAIM_PLAN)
+                return list(
+                    await conn.fetch(_CLAIM, limit, excluded, self.owner, lease, self.topic)
+                )
+
+        rows = await self._once(claim)
         return [
             ScheduledDelivery(
                 id=row["id"],

@@ -11,7 +11,14 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress, ScheduleStore
+from consumer.delivery.schedule import (
+    _CLAIM_PLAN,
+    DEAD,
+    PENDING,
+    NewDelivery,
+    Progress,
+    ScheduleStore,
+)
 from tests.integration.harness import add_tracking_code
 
 pytestmark = pytest.mark.integration
@@ -288,6 +295,30 @@ async def test_statistics_are_stale_once_the_schedule_outgrows_them_and_analyze_
     assert (stats.planned_rows, stats.statistics_stale) == (1_500, False)
     await asyncio.gather(*(schedule.add(row(f"U{i}")) for i in range(1_600)))
     assert (await schedule.stats()).statistics_stale  # 3,100 rows, planned for 1,500
+
+
+async def test_a_claim_walks_the_due_rows_in_order_whatever_the_statistics_say(
+    database_url: str,
+) -> None:
+    """The claim runs with the planner's sort, bitmap and sequential scans turned off for
+    its own transaction, so that stale statistics cannot make it read every due row."""
+    store = ScheduleStore(database_url, owner="test-a", pool_size=1)
+    await store.start()
+    try:
+        await store.add(row("A"))
+        sent: list[str] = []
+        assert store._pool is not None
+        async with store._pool.acquire() as conn:  # the pool's one connection
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        [claimed] = await store.claim(10, lease=30)
+        async with store._pool.acquire() as conn:
+            plan = [await conn.fetchval(f"SHOW {name}") for name in ("enable_sort",)]
+    finally:
+        await store.close()
+    assert claimed.test_id == "A"
+    assert sent[:2] == ["BEGIN;", _CLAIM_PLAN]
+    assert sent[2].lstrip().startswith("WITH due AS")
+    assert plan == ["on"], "the settings end with the claim's transaction"
 
 
 async def test_release_all_gives_back_this_instances_leases(schedule: ScheduleStore) -> None:
