@@ -58,15 +58,22 @@ def descendants(roots: Iterable[int]) -> list[int]:
     return seen
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(start time in ticks, utime + stime in ticks) of ``pid``, or None when it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` from field 3 (state) on, or None when it is gone."""
     try:
         text = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
-    fields = text.rsplit(")", 1)[1].split()
-    # Fields counted from 3 (state) after the name: utime 14, stime 15, starttime 22.
+    return text.rsplit(")", 1)[1].split()
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(start time in ticks, utime + stime in ticks) of ``pid``, or None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # Counted from 3 (state): ppid 4, utime 14, stime 15, starttime 22.
     return int(fields[19]), int(fields[11]) + int(fields[12])
 
 
@@ -121,11 +128,8 @@ def _comm(pid: int) -> str:
 
 
 def _parent(pid: int) -> int:
-    try:
-        text = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return 0
-    return int(text.rsplit(")", 1)[1].split()[1])
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields is not None else 0
 
 
 def postgres_tree() -> ProcessTree:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import asyncpg
@@ -25,9 +25,9 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     Before calling this, the pool rolls back a transaction left open and drops listeners.
     asyncpg's default reset then also sends ``pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL;``: a second round trip per use, which costs Postgres more CPU
-    than a one-row query does (BENCHMARKS.md). The service's pooled
-    connections take no advisory locks, open no cursors, listen to nothing and change no
-    settings, so there is nothing for it to undo.
+    than a one-row query does (BENCHMARKS.md, ninth round). The service's pooled connections
+    take no advisory locks, open no cursors, listen to nothing and keep no setting past a
+    transaction (the claim's ``SET LOCAL`` ends with its own), so there is nothing to undo.
     """
 
 
@@ -36,11 +36,10 @@ async def create_pool(
     *,
     max_size: int,
     connect_timeout: float,
-    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    init: Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None = None,
 ) -> asyncpg.Pool:
     """A pool that opens connections on first use and returns them unreset."""
-    options: dict[str, Any] = {"init": init} if init is not None else {}
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=0, max_size=max_size, timeout=connect_timeout, reset=keep_session, **options
+        dsn, min_size=0, max_size=max_size, timeout=connect_timeout, init=init, reset=keep_session
     )
     return pool

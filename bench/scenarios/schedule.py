@@ -76,28 +76,28 @@ async def _one(ctx: Context, kind: str) -> Scheduled:
             try:
                 await _until(lambda: _count(conn, _PENDING, work.prefix), events, 0.5)
                 ctx.say(f"{name}: {events:,} deliveries in the schedule; resuming the codes")
-                tree, postgres = service.relay.tree, postgres_tree()
+                progress = _Progress(service.relay.tree, postgres_tree())
                 resume = "UPDATE tracking_codes SET paused = false WHERE starts_with(code, $1)"
                 if kind == "resumed":
                     await work.receiver.reset()
                     await conn.execute(resume, work.prefix)
-                    progress = _Progress(tree, postgres)
-                    while (count := (await work.receiver.stats()).count) < events:
-                        progress.tick(count)
+
+                    async def received() -> int:
                         service.relay.check_alive()
-                        await progress.sleep(0.1)
-                    progress.tick(count)
+                        return (await work.receiver.stats()).count
+
+                    await _until(received, events, 0.1, progress.tick)
                     stats = await work.receiver.stats()
                     rows, seconds = stats.count, stats.last - stats.first
                 else:
                     heads = await _count(conn, _TESTS, work.prefix)
                     await conn.execute(resume, work.prefix)
-                    progress = _Progress(tree, postgres)
-                    while (count := await _count(conn, _STEPPED, work.prefix)) < heads:
-                        progress.tick(count)
+
+                    async def stepped() -> int:
                         service.relay.check_alive()
-                        await progress.sleep(0.25)
-                    progress.tick(count)
+                        return await _count(conn, _STEPPED, work.prefix)
+
+                    await _until(stepped, heads, 0.25, progress.tick)
                     row = await conn.fetchrow(_STEPPED, work.prefix)
                     assert row is not None
                     rows, seconds = int(row[0]), float(row[1])
@@ -115,24 +115,18 @@ async def _one(ctx: Context, kind: str) -> Scheduled:
 
 
 class _Progress:
-    """CPU of the service and of Postgres, from the first tick that saw progress to now."""
+    """CPU of the service and of Postgres, from the first tick that saw progress to the last."""
 
     def __init__(self, *trees: ProcessTree) -> None:
         self.trees = trees
         self.start: list[float] | None = None
         self.last: list[float] = []
-        self.deadline = time.monotonic() + CAP
 
     def tick(self, count: int) -> None:
         readings = [tree.cpu_seconds() for tree in self.trees]
         if count > 0 and self.start is None:
             self.start = readings
         self.last = readings
-
-    async def sleep(self, seconds: float) -> None:
-        if time.monotonic() > self.deadline:
-            raise TimeoutError(f"scenario 8 made no end within {CAP:.0f} s")
-        await asyncio.sleep(seconds)
 
     def used(self) -> tuple[float, float]:
         start = self.start or self.last
@@ -145,9 +139,18 @@ async def _count(conn: asyncpg.Connection, query: str, prefix: str) -> int:
     return int(value or 0)
 
 
-async def _until(count: Callable[[], Awaitable[int]], target: int, every: float) -> None:
+async def _until(
+    count: Callable[[], Awaitable[int]],
+    target: int,
+    every: float,
+    tick: Callable[[int], None] = lambda n: None,
+) -> None:
+    """Poll ``count`` every ``every`` seconds until it reaches ``target``, handing each
+    reading (the last included) to ``tick``; at most ``CAP`` seconds."""
     deadline = time.monotonic() + CAP
     while (n := await count()) < target:
+        tick(n)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{n:,} of {target:,} rows in the schedule after {CAP:.0f} s")
+            raise TimeoutError(f"scenario 8: {n:,} of {target:,} after {CAP:.0f} s")
         await asyncio.sleep(every)
+    tick(n)

@@ -241,10 +241,9 @@ _INFINITY: Final = datetime.max  # noqa: DTZ901
 def _cell(value: object) -> str:
     if value is None:
         return "-"
-    if value == _INFINITY:  # a delivery waiting behind an earlier one of its test
-        return "after_earlier"
     if isinstance(value, datetime):
-        return format_time(value)
+        # ``infinity``: a delivery waiting behind an earlier one of its test.
+        return "after_earlier" if value == _INFINITY else format_time(value)
     # Ids come from upstream events: a control character must not garble the table.
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(value))
 

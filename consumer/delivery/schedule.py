@@ -430,14 +430,14 @@ class ScheduleStore:
         polls again."""
         excluded = list(exclude)
 
-        async def claim(conn: Connection) -> list[asyncpg.Record]:
+        async def claim_in_order(conn: Connection) -> list[asyncpg.Record]:
             async with conn.transaction():
                 await conn.execute(_CLAIM_PLAN)
                 return list(
                     await conn.fetch(_CLAIM, limit, excluded, self.owner, lease, self.topic)
                 )
 
-        rows = await self._once(claim)
+        rows = await self._once(claim_in_order)
         return [
             ScheduledDelivery(
                 id=row["id"],
