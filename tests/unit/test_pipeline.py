@@ -21,7 +21,7 @@ from consumer.handler import EventHandler
 from consumer.lag import LagMonitor
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
-from consumer.pipeline import FULL_WAIT, KEEP_ALIVE_POLL, Pipeline
+from consumer.pipeline import FULL_WAIT, KEEP_ALIVE_POLL, Pipeline, event_window
 from consumer.reporter import OutcomeReporter
 from consumer.settings import Settings
 from consumer.tracking_codes import TrackingCode
@@ -289,20 +289,34 @@ def test_a_slow_record_pauses_only_its_partition_and_only_at_the_uncommitted_bou
     assert pipeline.metrics.registry.get_sample_value("itep_partitions_held") == 0
 
 
-def test_a_full_window_stops_polling_until_a_tenth_of_it_is_free() -> None:
-    """At MAX_IN_FLIGHT unfinished records the loop takes no more, without pausing any
-    partition in aiokafka (which would drop what it has fetched); it polls again, for as
-    many records as there is room, once a tenth of the window is free."""
+def test_the_window_holds_max_in_flight_events_and_half_as_many_again() -> None:
+    """The attempts in flight are bounded by the sender at MAX_IN_FLIGHT; the margin holds
+    the events parsed before their attempt and those whose outcome is being acknowledged."""
+    assert [event_window(n) for n in (1, 2, 3, 20, 1000)] == [1, 3, 4, 30, 1500]
     pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": "20"})
-    for offset in range(20):
+    assert pipeline.window == 30
+
+
+def test_a_full_window_stops_polling_until_a_tenth_of_it_is_free() -> None:
+    """At the window's size in unfinished records (30 for MAX_IN_FLIGHT 20) the loop takes
+    no more, without pausing any partition in aiokafka (which would drop what it has
+    fetched); it polls again, for as many records as there is room, once a tenth of the
+    window is free."""
+    pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": "20"})
+    for offset in range(29):
         pipeline.offsets.add(TP, offset)
+    pipeline._apply_backpressure()
+    assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 0
+    assert pipeline._room() == 1
+    pipeline.offsets.add(TP, 29)
     pipeline._apply_backpressure()
     assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 1
     assert pipeline._room() == 0
-    pipeline.offsets.finish(TP, 0)
+    for offset in (0, 1):
+        pipeline.offsets.finish(TP, offset)
     assert pipeline._room() == 0
-    pipeline.offsets.finish(TP, 1)
-    assert pipeline._room() == 2
+    pipeline.offsets.finish(TP, 2)
+    assert pipeline._room() == 3
     assert pipeline.metrics.registry.get_sample_value("itep_partitions_paused") == 0
     assert consumer_of(pipeline).paused == set()
 
@@ -311,7 +325,7 @@ def test_reopening_the_window_leaves_a_held_partition_paused() -> None:
     """The window reopens, but a partition whose uncommitted records are still at the
     bound stays paused."""
     pipeline, _, _ = make_pipeline(
-        Store(), env={"MAX_IN_FLIGHT": "3", "MAX_UNCOMMITTED_PER_PARTITION": "4"}
+        Store(), env={"MAX_IN_FLIGHT": "2", "MAX_UNCOMMITTED_PER_PARTITION": "4"}
     )
     for offset in range(4):
         pipeline.offsets.add(TP, offset)
@@ -329,7 +343,7 @@ async def test_a_window_full_for_long_polls_once_with_every_partition_paused() -
     """So that the group does not take a consumer waiting out an outage for dead; the
     partitions are resumed after that poll."""
     pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": "2"})
-    for offset in range(2):
+    for offset in range(pipeline.window):
         pipeline.offsets.add(TP, offset)
     pipeline._apply_backpressure()
     stopped = asyncio.get_running_loop().create_future()
@@ -356,7 +370,7 @@ async def test_a_full_window_wakes_as_soon_as_a_record_finishes() -> None:
     """Not at the end of ``FULL_WAIT``: with slow receivers every 100 ms spent asleep
     with room in the window is throughput lost."""
     pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": "2"})
-    for offset in range(2):
+    for offset in range(pipeline.window):
         pipeline.offsets.add(TP, offset)
     pipeline._apply_backpressure()
     loop = asyncio.get_running_loop()
