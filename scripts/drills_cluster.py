@@ -945,7 +945,7 @@ async def drill_two_down(ctx: Ctx, r: Result) -> None:
         f"{grace:.0f} s to the restart: "
         f"{published_window if published_window is not None else 'n/a'}; outcome records "
         f"read: {in_window:,}; webhooks that went out meanwhile: {hooks1 - hooks0:,} (until "
-        "MAX_IN_FLIGHT events were unfinished)",
+        "1.5 x MAX_IN_FLIGHT events were unfinished)",
     )
     r.fig(
         "resumption",
@@ -1569,8 +1569,9 @@ CLUSTER_DRILLS: list[tuple[str, str, str, str, float, Callable[..., Any]]] = [
         "summed `itep_events_in_flight` gauges sampled twice a second and the machine's CPU "
         "from /proc/stat. Passes when each run had the whole group and backlog to the end, "
         "the machine stayed under 90% busy (the cores were not the limit), every rate is "
-        "within k x (2 x 30 - 1) / 0.2 s (twice the bound of `MAX_IN_FLIGHT` events in "
-        "flight, as slack), and k instances deliver at least 0.8 x k x one instance.",
+        "within k x 30 x (1 / 0.2 s + 1 / 30 s) (the sender holds at most `MAX_IN_FLIGHT` "
+        "attempts at once, each 0.2 s long, plus those under way when the count starts), "
+        "and k instances deliver at least 0.8 x k x one instance.",
         "10,000 events, 15 s windows",
         600,
         drill_scaling,
