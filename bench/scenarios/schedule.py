@@ -10,12 +10,9 @@ answer at once, ``plan.codes`` codes, ``plan.schedule_events`` events):
   delivers and removes them. Measured from the first webhook's arrival to the last.
 - **held again**: the same, with every code's URL on a port where nothing listens. Resumed,
   the runner claims each test's first delivery; the first attempts of each code are
-  refused, its breaker opens, and its deliveries are put aside until the breaker lets a
-  probe through: those in hand held for ``circuit_open`` (one step of the schedule used),
-  those not yet claimed made due at the probe in one statement per code (``circuit_open``,
-  no step used). Measured until every test's first delivery is put aside, one way or the
-  other, or has used a step on a refused attempt (the rows' ``updated_at``, written by
-  Postgres, give the window).
+  refused, its breaker opens, and every other claimed delivery is put back for
+  ``circuit_open``, one step of the schedule used. Measured until every test's first
+  delivery has used a step (the rows' ``updated_at``, written by Postgres, give the window).
 
 Each reports rows per second and the CPU per row of the service and of Postgres (every
 ``postgres`` process on the machine, from ``/proc``), both over the window: in this path
@@ -47,10 +44,9 @@ SELECT count(*) FROM scheduled_deliveries WHERE starts_with(tracking_code, $1) A
 _TESTS = """
 SELECT count(DISTINCT test_id) FROM scheduled_deliveries WHERE starts_with(tracking_code, $1)
 """
-_PUT_ASIDE = """
+_STEPPED = """
 SELECT count(*), EXTRACT(EPOCH FROM max(updated_at) - min(updated_at))::float8
-FROM scheduled_deliveries
-WHERE starts_with(tracking_code, $1) AND (step >= 1 OR reason = 'circuit_open')
+FROM scheduled_deliveries WHERE starts_with(tracking_code, $1) AND step >= 1
 """
 
 
@@ -97,12 +93,12 @@ async def _one(ctx: Context, kind: str) -> Scheduled:
                     heads = await _count(conn, _TESTS, work.prefix)
                     await conn.execute(resume, work.prefix)
 
-                    async def put_aside() -> int:
+                    async def stepped() -> int:
                         service.relay.check_alive()
-                        return await _count(conn, _PUT_ASIDE, work.prefix)
+                        return await _count(conn, _STEPPED, work.prefix)
 
-                    await _until(put_aside, heads, 0.25, progress.tick)
-                    row = await conn.fetchrow(_PUT_ASIDE, work.prefix)
+                    await _until(stepped, heads, 0.25, progress.tick)
+                    row = await conn.fetchrow(_STEPPED, work.prefix)
                     assert row is not None
                     rows, seconds = int(row[0]), float(row[1])
             finally:

@@ -244,16 +244,14 @@ WHERE d.state = 'pending' AND d.due_at = 'infinity'
 
 # A breaker that opens makes its code's due deliveries due when it lets a probe through, each
 # pushed later at random by up to $4 of that (as a hold is): claimed before then, each would
-# only be held again. This instance's own deliveries in hand are included: one given back
-# unchanged (claimed while the code's share was full) stays deferred, and one held or
-# attempted gets its new due time from that. Deliveries in another instance's hand (its
-# breaker is its own), due later, or waiting behind an earlier one are left as they are.
+# only be held again. Deliveries in hand (leased), due later or waiting behind an earlier one
+# are left as they are.
 _DEFER_CODE: Final = """
 UPDATE scheduled_deliveries
 SET due_at = now() + make_interval(secs => $2 * (1 + random() * $4)), reason = 'circuit_open'
 WHERE tracking_code = $1 AND state = 'pending'
   AND due_at < now() + make_interval(secs => $2)
-  AND (locked_until IS NULL OR locked_until < now() OR locked_by = $5)
+  AND (locked_until IS NULL OR locked_until < now())
   AND ($3::text IS NULL OR source_topic = $3)
 """
 
@@ -568,7 +566,7 @@ class ScheduleStore:
         later, at random), as its breaker has just opened (see ``_DEFER_CODE``); one try.
         Returns how many."""
         status = await self._once(
-            lambda conn: conn.execute(_DEFER_CODE, code, seconds, self.topic, jitter, self.owner)
+            lambda conn: conn.execute(_DEFER_CODE, code, seconds, self.topic, jitter)
         )
         return int(status.split()[-1])
 
