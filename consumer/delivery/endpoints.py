@@ -63,7 +63,7 @@ class EndpointGate:
         self.share = share
         self.policy = policy
         self._clock = clock
-        self.on_transition = on_transition
+        self._on_transition = on_transition
         self._in_flight: dict[str, int] = {}
         self._starts: dict[str, dict[int, float]] = {}  # code -> token -> start of attempt
         self._latency: dict[str, float] = {}  # code -> moving average of attempt durations
@@ -158,16 +158,10 @@ class EndpointGate:
         self._report(admitted.code, breaker.record(now, ok, probe=admitted.probe))
 
     def excluded(self) -> list[str]:
-        """Codes whose due deliveries should not be claimed now: share full, breaker open
-        (a claimed delivery would only be held again), or a probe out."""
-        now = self._clock()
+        """Codes whose due deliveries should not be claimed now: share full, or a probe out."""
         full = [code for code, n in self._in_flight.items() if n >= self.share]
-        shut = [
-            code
-            for code, b in self._breakers.items()
-            if b.probing or b.state(now) is BreakerState.OPEN
-        ]
-        return sorted(set(full) | set(shut))
+        probing = [code for code, b in self._breakers.items() if b.probing]
+        return sorted(set(full) | set(probing))
 
     def refresh(self) -> None:
         """Report breakers that turned half-open since they were last looked at."""
@@ -183,4 +177,4 @@ class EndpointGate:
 
     def _report(self, code: str, change: Transition | None) -> None:
         if change is not None:
-            self.on_transition(code, change)
+            self._on_transition(code, change)

@@ -242,19 +242,6 @@ WHERE d.state = 'pending' AND d.due_at = 'infinity'
       WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
 """
 
-# A breaker that opens makes its code's due deliveries due when it lets a probe through, each
-# pushed later at random by up to $4 of that (as a hold is): claimed before then, each would
-# only be held again. Deliveries in hand (leased), due later or waiting behind an earlier one
-# are left as they are.
-_DEFER_CODE: Final = """
-UPDATE scheduled_deliveries
-SET due_at = now() + make_interval(secs => $2 * (1 + random() * $4)), reason = 'circuit_open'
-WHERE tracking_code = $1 AND state = 'pending'
-  AND due_at < now() + make_interval(secs => $2)
-  AND (locked_until IS NULL OR locked_until < now())
-  AND ($3::text IS NULL OR source_topic = $3)
-"""
-
 _RELEASE: Final = """
 UPDATE scheduled_deliveries SET locked_by = NULL, locked_until = NULL
 WHERE id = ANY($1::bigint[]) AND locked_by = $2
@@ -560,15 +547,6 @@ class ScheduleStore:
         ids = [_storable(t) for t in test_ids]
         rows = await self._once(lambda conn: conn.fetch(_STILL_WAITING, ids))
         return {row["test_id"] for row in rows}
-
-    async def defer_code(self, code: str, seconds: float, jitter: float) -> int:
-        """Make the due deliveries of ``code`` due in ``seconds`` (up to ``jitter`` of that
-        later, at random), as its breaker has just opened (see ``_DEFER_CODE``); one try.
-        Returns how many."""
-        status = await self._once(
-            lambda conn: conn.execute(_DEFER_CODE, code, seconds, self.topic, jitter)
-        )
-        return int(status.split()[-1])
 
     async def free_behind(self) -> int:
         """Make due the rows waiting behind an earlier delivery that is no longer pending

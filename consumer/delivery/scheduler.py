@@ -3,17 +3,11 @@
 Every instance runs one. ``_claim_routine`` claims the head of each test's waiting
 deliveries when it is due (``FOR UPDATE SKIP LOCKED`` and a lease, so that with several
 instances each due delivery is attempted by one of them), passing over tracking codes whose
-share of attempts is full, whose breaker is open or whose breaker has a probe out, and runs
-each claimed delivery
+share of attempts is full or whose breaker has a probe out, and runs each claimed delivery
 as its own task, at most ``capacity`` at a time. It claims again when woken (a delivery was
 put on the schedule or settled, a slot freed) and at least every ``poll_interval``, so a
 delivery is attempted no earlier than its due time and about ``poll_interval`` after it at
 the latest.
-
-When a code's breaker opens, ``breaker_opened`` makes the code's due deliveries due when the
-breaker will let a probe through, in one statement: behind an endpoint that hangs, thousands
-of deliveries wait in the schedule (``endpoint_busy``) for the hanging attempts to end, and
-claimed when they do, each would only be held again (``circuit_open``).
 
 A claimed delivery is rebuilt from its event with the tracking code as it is now: a URL or a
 password fixed during an outage is what the retry uses, and a code disabled meanwhile ends
@@ -39,7 +33,6 @@ import structlog
 
 from consumer.delivery.deliverer import Deliverer, Delivery, Source, WaitingTests
 from consumer.delivery.endpoints import EndpointGate
-from consumer.delivery.retry_policy import JITTER
 from consumer.delivery.schedule import Progress, ScheduledDelivery, ScheduleStore
 from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import parse_event
@@ -87,7 +80,6 @@ class ScheduleRunner:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._routines: list[asyncio.Task[None]] = []
-        self._deferrals: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -109,9 +101,9 @@ class ScheduleRunner:
         """Stop claiming, let the attempts in hand finish within ``drain_timeout``, cancel
         the rest and give back every lease; True when all finished in time."""
         self._stopping = True
-        for routine in (*self._routines, *self._deferrals):
+        for routine in self._routines:
             routine.cancel()
-        await asyncio.gather(*self._routines, *self._deferrals, return_exceptions=True)
+        await asyncio.gather(*self._routines, return_exceptions=True)
         drained = True
         if self._tasks:
             _, left = await asyncio.wait(set(self._tasks), timeout=drain_timeout)
@@ -215,25 +207,6 @@ class ScheduleRunner:
         reason = decision.reason if isinstance(decision, Skip) else decision.why
         log.info("webhook_skipped", reason=reason, trigger=row.trigger, scheduled=True)
         await self.deliverer.settle(delivery, Outcome.SKIPPED, reason)
-
-    # -- an open breaker ----------------------------------------------------------------
-
-    def breaker_opened(self, code: str, seconds: float) -> None:
-        """``code``'s breaker has opened and lets a probe through in ``seconds``: make its
-        due deliveries due then (claims pass over the code meanwhile)."""
-        if seconds <= 0 or self._stopping:
-            return
-        task = asyncio.create_task(self._defer(code, seconds), name="schedule_defer")
-        self._deferrals.add(task)
-        task.add_done_callback(self._deferrals.discard)
-
-    async def _defer(self, code: str, seconds: float) -> None:
-        try:
-            deferred = await self.schedule.defer_code(code, seconds, JITTER)
-        except StoreUnavailable:
-            return  # logged by the store; claims pass over the code while its breaker is open
-        if deferred:
-            log.info("schedule_deferred", tracking_code=code, deliveries=deferred, seconds=seconds)
 
     # -- housekeeping -------------------------------------------------------------------
 

@@ -254,9 +254,6 @@ async def test_a_hanging_endpoint_uses_only_its_share_and_others_flow(stack: Sta
 async def test_the_breaker_opens_on_failures_skips_attempts_and_closes_on_a_probe(
     stack: Stack,
 ) -> None:
-    """Failures open the breaker; while it is open no POST goes out, though the retries
-    (every 300 ms) would be due; after the cool-down one probe succeeds, the breaker closes
-    and every delivery arrives."""
     statuses = {"/hook": 503}
     receiver = await Receiver(respond=answering(statuses)).start()
     port = free_port()
@@ -265,7 +262,7 @@ async def test_the_breaker_opens_on_failures_skips_attempts_and_closes_on_a_prob
         HTTP_PORT=str(port),
         RETRY_SCHEDULE=",".join(["300ms"] * 30),
         BREAKER_MIN_ATTEMPTS="5",
-        BREAKER_COOLDOWN="2s",
+        BREAKER_COOLDOWN="1s",
     )
     try:
         await add_tracking_code(stack.database_url, "FLAKY", receiver.url)
@@ -276,82 +273,28 @@ async def test_the_breaker_opens_on_failures_skips_attempts_and_closes_on_a_prob
             ):
                 await publish(stack.bootstrap, stack.events_topic, events)
                 await wait_for_metric(port, "itep_breaker_state", {"tracking_code": "FLAKY"}, 2)
-                while_open = len(receiver.requests)
-                await asyncio.sleep(1.2)  # four retry steps, within the cool-down
-                after_open = len(receiver.requests)
+                await outcomes.until(
+                    lambda records: sum(b"circuit_open" in r.value for r in records) >= 30
+                )
                 statuses["/hook"] = 200
                 await outcomes.until(final_for({e["event_id"] for e in events}), timeout=30)
                 skipped = await metric_values(port, "itep_breaker_skipped_attempts_total")
                 await wait_for_metric(port, "itep_breaker_state", {"tracking_code": "FLAKY"}, 0)
     finally:
         await receiver.stop()
-    assert after_open == while_open, "an open breaker made no POST"
     docs = outcomes.values()
     circuit_open = [o for o in docs if o["reason"] == "circuit_open"]
-    assert skipped.get((("tracking_code", "FLAKY"),), 0) == len(circuit_open)
+    assert skipped[(("tracking_code", "FLAKY"),)] == len(circuit_open)
+    assert all(o["outcome"] == "retry_scheduled" for o in circuit_open)
     finals = [o for o in docs if o["outcome"] != "retry_scheduled"]
     assert [o["outcome"] for o in finals] == ["delivered"] * 30
     attempts = len(receiver.requests)
     retry_slots = sum(1 for o in docs if o["outcome"] == "retry_scheduled")
-    assert attempts == retry_slots - len(circuit_open) + 30, "each POST has its outcome"
+    assert attempts == retry_slots - len(circuit_open) + 30, "an open breaker made no POST"
     events_logged = [e["event"] for e in logs]
     assert "breaker_open" in events_logged
     assert "breaker_half_open" in events_logged
     assert "breaker_closed" in events_logged
-
-
-async def test_deliveries_waiting_behind_a_hanging_endpoint_are_deferred_once_its_breaker_opens(
-    stack: Stack, db: asyncpg.Connection
-) -> None:
-    """The code's share hangs, its other deliveries wait in the schedule (endpoint_busy).
-    When the hanging attempts time out and open the breaker, those deliveries are made due
-    at the breaker's probe in one statement: none is claimed only to be held again."""
-    never = asyncio.Event()
-
-    async def hang(_request: web.Request, _n: int) -> web.StreamResponse:
-        await never.wait()
-        return web.Response(text="late")
-
-    stuck = await Receiver(respond=hang).start()
-    port = free_port()
-    events = [event_dict(test_id=f"W{i}", tracking_code="HANG") for i in range(20)]
-    waiting = {e["event_id"] for e in events}
-    settings = stack.settings(
-        HTTP_PORT=str(port),
-        MAX_IN_FLIGHT_PER_ENDPOINT="2",
-        ENDPOINT_QUEUE_WAIT="0s",
-        HTTP_TOTAL_TIMEOUT="2s",
-        # The first timeout opens the breaker, so no claim comes between two timeouts.
-        BREAKER_MIN_ATTEMPTS="1",
-        BREAKER_COOLDOWN="60s",
-        RETRY_SCHEDULE="10m",
-    )
-    try:
-        await add_tracking_code(stack.database_url, "HANG", stuck.url)
-        with capture_logs() as logs:
-            async with (
-                TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
-                running_service(settings),
-            ):
-                await publish(stack.bootstrap, stack.events_topic, events)
-                await outcomes.until(lambda records: len(records) >= len(events))
-                await wait_for_metric(port, "itep_breaker_state", {"tracking_code": "HANG"}, 2)
-                await asyncio.sleep(1.0)  # time for the runner to claim, were it to
-                rows = await db.fetch(
-                    "SELECT reason, extract(epoch FROM due_at - now()) AS due_in"
-                    " FROM scheduled_deliveries WHERE reason <> 'timeout'"
-                )
-    finally:
-        never.set()
-        await stuck.stop()
-    reasons = Counter(o["reason"] for o in outcomes.values())
-    assert reasons == {"endpoint_busy": 18, "timeout": 2}, "no delivery was held twice"
-    assert len(stuck.requests) == 2
-    assert len(rows) == 18
-    assert all(r["reason"] == "circuit_open" and r["due_in"] > 50 for r in rows)
-    deferred = [e for e in logs if e["event"] == "schedule_deferred"]
-    assert [e["deliveries"] for e in deferred] == [18]
-    assert waiting == {o["event_id"] for o in outcomes.values()}
 
 
 async def replay(database_url: str, *argv: str) -> int:

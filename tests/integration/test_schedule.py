@@ -168,39 +168,6 @@ async def test_a_row_left_behind_a_settled_one_is_made_due_by_free_behind(
     assert [c.test_id for c in await schedule.claim(10, lease=30)] == ["A"]
 
 
-async def test_a_breaker_that_opens_defers_its_codes_due_rows_to_its_probe(
-    schedule: ScheduleStore, db: asyncpg.Connection
-) -> None:
-    """The code's rows due now become due when a probe may go out (at most a fifth later at
-    random); rows in hand, due later, waiting behind another, or of another code are left
-    as they are."""
-    await schedule.add(row("LEASED", code="BAD"))
-    [leased] = await schedule.claim(10, lease=300)
-    await schedule.add(row("HELD", code="BAD", reason="endpoint_busy"))
-    await schedule.add(row("HELD", code="BAD", behind=True))
-    await schedule.add(row("LATER", code="BAD", due_in=3600))
-    await schedule.add(row("OTHER", code="GOOD"))
-    assert await schedule.defer_code("BAD", 30.0, 0.2) == 1
-    rows = await db.fetch(
-        "SELECT id, test_id, reason, due_at = 'infinity' AS behind,"
-        " CASE WHEN due_at < 'infinity' THEN extract(epoch FROM due_at - now()) END AS due_in"
-        " FROM scheduled_deliveries ORDER BY id"
-    )
-    by_test = [(r["test_id"], r["reason"], r["behind"]) for r in rows]
-    assert by_test == [
-        ("LEASED", "http_503", False),
-        ("HELD", "circuit_open", False),
-        ("HELD", "http_503", True),
-        ("LATER", "http_503", False),
-        ("OTHER", "http_503", False),
-    ]
-    due_in = {r["id"]: float(r["due_in"]) for r in rows if not r["behind"]}
-    assert due_in[leased.id] < 0
-    assert 29.0 <= due_in[rows[1]["id"]] <= 36.0
-    assert 3500 < due_in[rows[3]["id"]]
-    assert [c.test_id for c in await schedule.claim(10, lease=30)] == ["OTHER"]
-
-
 async def test_dead_rows_are_kept_and_do_not_hold_later_ones(
     schedule: ScheduleStore, db: asyncpg.Connection
 ) -> None:

@@ -302,20 +302,6 @@ async def test_a_circuit_open_hold_comes_due_when_a_probe_may_go_out() -> None:
     assert row.due_at.timestamp() - clock.now == 300.0
 
 
-async def test_claims_pass_over_a_code_while_its_breaker_is_open_or_probing() -> None:
-    """Claimed while its breaker is open, a delivery would only be held again; once the
-    cool-down has passed the code is claimed for again, until its probe is out."""
-    policy = BreakerPolicy(min_attempts=2, window=1e9, cooldown=30.0)
-    deliverer, _, _, clock = make((5.0, 300.0), FakeSender(status=503), policy)
-    assert deliverer.excluded_codes() == []
-    await open_breaker(deliverer)
-    assert deliverer.excluded_codes() == ["ACME"]
-    clock.now += 31
-    assert deliverer.excluded_codes() == []
-    assert getattr(deliverer.gate.admit(CODE), "probe", False)
-    assert deliverer.excluded_codes() == ["ACME"]
-
-
 async def test_a_delivery_claimed_while_the_probe_is_out_waits_unchanged() -> None:
     """While the half-open breaker's probe is out, a claimed delivery of the code is given
     back as it was: no outcome, no step used, no POST."""
