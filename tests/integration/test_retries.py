@@ -297,6 +297,32 @@ async def test_the_breaker_opens_on_failures_skips_attempts_and_closes_on_a_prob
     assert "breaker_closed" in events_logged
 
 
+async def test_an_open_breaker_does_not_outlast_the_schedule(stack: Stack) -> None:
+    """With the breaker open for longer than the whole schedule, each delivery still uses
+    up its steps and fails once, after one real attempt on its last step: an open breaker
+    never keeps a delivery waiting beyond RETRY_SCHEDULE."""
+    receiver = await Receiver(respond=answering(default=503)).start()
+    events = [event_dict(test_id=f"E{i}", tracking_code="DOWN") for i in range(20)]
+    settings = stack.settings(
+        RETRY_SCHEDULE="200ms,400ms", BREAKER_MIN_ATTEMPTS="2", BREAKER_COOLDOWN="600s"
+    )
+    try:
+        await add_tracking_code(stack.database_url, "DOWN", receiver.url)
+        await publish(stack.bootstrap, stack.events_topic, events)
+        async with (
+            TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
+            running_service(settings),
+        ):
+            await outcomes.until(final_for({e["event_id"] for e in events}), timeout=30)
+    finally:
+        await receiver.stop()
+    finals = [o for o in outcomes.values() if o["outcome"] != "retry_scheduled"]
+    assert sorted((o["outcome"], o["reason"]) for o in finals) == [
+        ("failed", "retries_exhausted")
+    ] * len(events)
+    assert all(o["attempt"] >= 1 for o in finals), "the last step is a real attempt"
+
+
 async def replay(database_url: str, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="itep-webhooks")
     deliveries_admin.register(parser.add_subparsers(dest="command", required=True))
