@@ -1340,7 +1340,7 @@ class LogSummaryLite:
 async def drill_scaling(ctx: Ctx, r: Result) -> None:
     latency = 0.2
     max_in_flight = 30
-    window = 15.0 if ctx.quick else 30.0
+    counted = 15.0 if ctx.quick else 30.0  # seconds over which arrivals are counted
     warmup = 5.0
     backlog = 10_000 if ctx.quick else 30_000
     await ensure_whole(ctx)
@@ -1374,7 +1374,7 @@ async def drill_scaling(ctx: Ctx, r: Result) -> None:
                 cpu0 = cpu_times()
                 svc0 = [p.cpu_seconds() or 0.0 for p in group.slots if p is not None]
                 t_a = time.time()
-                while time.time() < t_a + window:
+                while time.time() < t_a + counted:
                     got = await asyncio.gather(
                         *(scrape(session, p.http_port) for p in group.slots if p is not None)
                     )
@@ -1413,22 +1413,22 @@ async def drill_scaling(ctx: Ctx, r: Result) -> None:
         await close_ports(ctx, ports)
     nominal = max_in_flight / latency
     # At most MAX_IN_FLIGHT attempts at once, each answered after the latency, plus those
-    # already under way when the window opened.
-    upper = nominal + max_in_flight / window
+    # already under way when the count started.
+    upper = nominal + max_in_flight / counted
     one = runs[0]["rate"] if runs else 0.0
     r.fig(
         "set-up",
         f"{backlog:,} Complete events (one per test id, 3 tracking codes) published first in "
         f"{publish_s:.0f} s; receivers answer 200 after {latency * 1000:.0f} ms; "
         f"MAX_IN_FLIGHT={max_in_flight} per instance; each run a fresh consumer group from the "
-        f"earliest offset, measured over {window:.0f} s after the group is whole + "
+        f"earliest offset, measured over {counted:.0f} s after the group is whole + "
         f"{warmup:.0f} s",
     )
     r.fig(
         "concurrency bound per instance",
         f"MAX_IN_FLIGHT / latency = {nominal:.0f} webhooks/s: the sender holds at most "
         f"MAX_IN_FLIGHT attempts at once (the fetch window is half as many events again); "
-        f"the check allows the attempts under way when the window opens, {upper:.1f} "
+        f"the check allows the attempts under way when the count starts, {upper:.1f} "
         f"webhooks/s",
     )
     for run in runs:
@@ -1458,7 +1458,7 @@ async def drill_scaling(ctx: Ctx, r: Result) -> None:
         ", ".join(f"{run['k']}: {run['busy']:.0%}" for run in runs),
     )
     r.check(
-        "within the concurrency bound: at most k x MAX_IN_FLIGHT x (1 / latency + 1 / window)",
+        "within the concurrency bound: at most k x MAX_IN_FLIGHT x (1 / latency + 1 / counted s)",
         bool(runs) and all(run["rate"] <= run["k"] * upper for run in runs),
         ", ".join(f"{run['k']}: {run['rate']:,.0f} <= {run['k'] * upper:,.0f}" for run in runs),
     )
