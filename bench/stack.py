@@ -140,16 +140,18 @@ async def add_tracking_codes(dsn: str, codes: Sequence[str], urls: Sequence[str]
         await conn.close()
 
 
-async def remove_tracking_codes(dsn: str, prefix: str) -> None:
-    """Drop the codes starting with ``prefix`` and whatever the schedule holds for them."""
+async def remove_tracking_codes(dsn: str, prefix: str) -> tuple[int, int]:
+    """Drop the codes starting with ``prefix`` and whatever the schedule holds for them;
+    returns how many schedule rows and codes went."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
+        rows = await conn.execute(
             "DELETE FROM scheduled_deliveries WHERE starts_with(tracking_code, $1)", prefix
         )
-        await conn.execute("DELETE FROM tracking_codes WHERE starts_with(code, $1)", prefix)
+        codes = await conn.execute("DELETE FROM tracking_codes WHERE starts_with(code, $1)", prefix)
     finally:
         await conn.close()
+    return int(rows.split()[-1]), int(codes.split()[-1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Final, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -44,6 +44,9 @@ class RelayRun:
     outcomes_topic: str | None = None
 
 
+BENCH_PREFIX: Final = "BENCH-"  # every tracking code a workload adds starts with it
+
+
 def service_log_level() -> str:
     """The service's LOG_LEVEL: ``info``, its default, unless ``BENCH_LOG_LEVEL`` says."""
     return os.environ.get("BENCH_LOG_LEVEL", "info")
@@ -54,7 +57,7 @@ class Workload:
         self.ctx = ctx
         self.name = name
         self.run_id = new_run_id()
-        self.prefix = f"BENCH-{self.run_id}-"
+        self.prefix = f"{BENCH_PREFIX}{self.run_id}-"
         self.codes = [f"{self.prefix}{i:02d}" for i in range(ctx.plan.codes)]
         self.topic = f"bench-{self.run_id}-events"
         self.receiver = ReceiverProcess(len(self.codes), delay, stamps=stamps)
