@@ -206,7 +206,6 @@ async def _start(
             cooldown=settings.breaker_cooldown,
         ),
         clock=time.monotonic,
-        on_transition=lambda code, change: _breaker_changed(metrics, code, change),
     )
     reporter = OutcomeReporter(publisher, metrics)
     room = WaitingRoom(gate, settings.endpoint_queue_wait)
@@ -232,6 +231,7 @@ async def _start(
         lease=settings.schedule_lease,
     )
     gate.on_freed = lambda code: _slot_freed(gate, room, runner, code)
+    gate.on_transition = lambda code, change: _breaker_changed(metrics, runner, code, change)
     handler = EventHandler(store=store, deliverer=deliverer, reporter=reporter, metrics=metrics)
     lag = LagMonitor(consumer, metrics)
     pipeline = Pipeline(
@@ -273,11 +273,15 @@ def instance_name() -> str:
 _BREAKER_GAUGE: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
-def _breaker_changed(metrics: Metrics, code: str, change: Transition) -> None:
+def _breaker_changed(
+    metrics: Metrics, runner: ScheduleRunner, code: str, change: Transition
+) -> None:
     metrics.breaker_state.labels(code).set(_BREAKER_GAUGE[change.after])
     metrics.breaker_transitions.labels(code, change.after.value).inc()
     event = "breaker_closed" if change.after is BreakerState.CLOSED else f"breaker_{change.after}"
     log.warning(event, tracking_code=code, previous=change.before.value)
+    if change.after is BreakerState.OPEN:
+        runner.breaker_opened(code)
 
 
 async def check_database(dsn: str) -> None:

@@ -35,9 +35,8 @@ from consumer.delivery.retry_policy import (
     Delivered,
     Fail,
     decide_retry,
+    held_delay,
     is_retriable,
-    jittered,
-    jittered_later,
 )
 from consumer.delivery.schedule import DEAD, PENDING, NewDelivery, Progress
 from consumer.delivery.waiting_room import WaitingRoom
@@ -258,11 +257,7 @@ class Deliverer:
         step = delivery.step
         due = now
         if reason == CIRCUIT_OPEN:
-            delay = jittered(self.retry_schedule[step], self.rng)
-            reopens = self.gate.open_for(code.code)
-            if reopens > delay:
-                delay = min(jittered_later(reopens, self.rng), max(self.retry_schedule))
-            due = now + timedelta(seconds=delay)
+            due = now + timedelta(seconds=self.held_delay(step, self.gate.open_for(code.code)))
             step += 1
         # At debug, like a delivery: a partner down for an hour would otherwise log a line
         # per event. The condition itself is logged once (breaker_open, a pause), and the
@@ -278,6 +273,26 @@ class Deliverer:
             reason=reason,
             attempt=delivery.attempts,
             endpoint_host=host,
+            next_attempt_at=due,
+        )
+
+    def held_delay(self, step: int, reopens_in: float) -> float:
+        """Seconds an open breaker that lets a probe through in ``reopens_in`` seconds
+        holds a delivery on ``step`` of the schedule (not its last)."""
+        longest = max(self.retry_schedule)
+        return held_delay(self.retry_schedule[step], reopens_in, longest, self.rng)
+
+    async def announce_held(self, delivery: Delivery, code: TrackingCode, due: datetime) -> None:
+        """Publish ``retry_scheduled`` for a delivery the schedule has just held for
+        ``code``'s open breaker (``ScheduleStore.hold_due``), as ``hold`` does for one."""
+        self.metrics.breaker_skipped.labels(code.code).inc()
+        await self._publish(
+            delivery,
+            Outcome.RETRY_SCHEDULED,
+            self.now(),
+            reason=CIRCUIT_OPEN,
+            attempt=delivery.attempts,
+            endpoint_host=endpoint_of(code).host,
             next_attempt_at=due,
         )
 

@@ -8,9 +8,10 @@ down for both trips both breakers within ``min_attempts`` attempts each.
 ``EndpointGate.admit`` answers, for one delivery about to be attempted:
 
 - ``Hold("tracking_code_paused")`` while staff have paused the code;
+- ``Hold("circuit_open")`` while its breaker is open;
 - ``Hold("endpoint_busy")`` while the code has ``share`` attempts in flight: its share of the
   in-flight window is full, and the delivery waits in the schedule instead of a slot;
-- ``Hold("circuit_open")`` while its breaker is open, or half-open with the probe out;
+- ``Hold("circuit_open")`` while its breaker is half-open with the probe out;
 - otherwise ``Admit``: the attempt holds one of the code's slots until ``done``.
 
 A delivery on the schedule's last step is attempted even when the breaker is open: the
@@ -63,7 +64,8 @@ class EndpointGate:
         self.share = share
         self.policy = policy
         self._clock = clock
-        self._on_transition = on_transition
+        # Called with the code and the change each time a breaker changes state.
+        self.on_transition = on_transition
         self._in_flight: dict[str, int] = {}
         self._starts: dict[str, dict[int, float]] = {}  # code -> token -> start of attempt
         self._latency: dict[str, float] = {}  # code -> moving average of attempt durations
@@ -98,13 +100,19 @@ class EndpointGate:
         if code.paused:
             return Hold(PAUSED)
         name = code.code
-        if self._in_flight.get(name, 0) >= self.share:
-            return Hold(BUSY)
         now = self._clock()
         breaker = self._breaker(name)
         self._report(name, breaker.take_transition(now))
-        probe = False
         state = breaker.state(now)
+        if state is BreakerState.OPEN and not last_step:
+            # Before the share: behind a hanging endpoint the share stays full until its
+            # attempts time out, and a delivery held as busy would be claimed then only to
+            # be held again for the breaker.
+            self.skipped += 1
+            return Hold(CIRCUIT_OPEN)
+        if self._in_flight.get(name, 0) >= self.share:
+            return Hold(BUSY)
+        probe = False
         if state is not BreakerState.CLOSED:
             probe = breaker.allow(now)
             if not probe and not last_step:
@@ -177,4 +185,4 @@ class EndpointGate:
 
     def _report(self, code: str, change: Transition | None) -> None:
         if change is not None:
-            self._on_transition(code, change)
+            self.on_transition(code, change)

@@ -95,6 +95,19 @@ def jittered_later(delay: float, rng: random.Random | None = None) -> float:
     return delay * (1 + (rng or random).uniform(0, JITTER))
 
 
+def held_delay(
+    step_delay: float, reopens_in: float, longest: float, rng: random.Random | None = None
+) -> float:
+    """Seconds an open breaker holds a delivery on a step of ``step_delay``: the step's
+    delay (jittered), or until the breaker lets a probe through in ``reopens_in`` seconds
+    when that is later (pushed later by up to 20%, never past the ``longest`` step), since
+    a delivery claimed before the probe would only be held again."""
+    delay = jittered(step_delay, rng)
+    if reopens_in > delay:
+        delay = min(jittered_later(reopens_in, rng), longest)
+    return delay
+
+
 def decide_retry(
     result: AttemptResult,
     attempt: int,

@@ -11,7 +11,9 @@ Every call waits through a Postgres outage, trying again with backoff, so that n
 handed to the schedule is lost: an outage is logged once when it starts
 (``schedule_unavailable``) and once when it ends (``schedule_recovered``). ``add`` calls
 made during the same loop tick (or while the previous insert ran) share one ``INSERT``; so
-do ``remove``, ``reschedule`` and ``release`` calls, each kind its own statement.
+do ``remove``, ``reschedule`` and ``release`` calls, each kind its own statement. When a
+breaker opens, ``hold_due`` holds the code's due rows in one transaction instead of a claim
+and a reschedule for each.
 """
 
 from __future__ import annotations
@@ -242,6 +244,37 @@ WHERE d.state = 'pending' AND d.due_at = 'infinity'
       WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
 """
 
+# An open breaker's hold, in bulk: the code's due rows that a claim would take now (the head
+# of each test's queue, not leased, not paused), except those on the schedule's last step,
+# which are attempted whatever the breaker says.
+_HOLD_DUE: Final = f"""
+SELECT {_CLAIMED.replace("s.", "d.")}
+FROM scheduled_deliveries d
+WHERE d.state = 'pending'
+  AND d.tracking_code = $1
+  AND d.due_at <= now()
+  AND (d.locked_until IS NULL OR d.locked_until < now())
+  AND d.step < $2
+  AND ($4::text IS NULL OR d.source_topic = $4)
+  AND NOT EXISTS (
+      SELECT 1 FROM tracking_codes t WHERE t.code = d.tracking_code AND t.paused)
+  AND NOT EXISTS (
+      SELECT 1 FROM scheduled_deliveries e
+      WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
+LIMIT $3
+FOR UPDATE OF d SKIP LOCKED
+"""  # noqa: S608 - a fixed column list
+
+# Each held row uses up its step, as a hold of one delivery does (``_RESCHEDULE``).
+_HOLD: Final = """
+UPDATE scheduled_deliveries s
+SET step = s.step + 1, due_at = now() + make_interval(secs => u.delay), reason = $3,
+    http_status = NULL, endpoint_host = COALESCE($4, s.endpoint_host)
+FROM unnest($1::bigint[], $2::float8[]) AS u(id, delay)
+WHERE s.id = u.id
+RETURNING s.id, s.due_at
+"""
+
 _RELEASE: Final = """
 UPDATE scheduled_deliveries SET locked_by = NULL, locked_until = NULL
 WHERE id = ANY($1::bigint[]) AND locked_by = $2
@@ -305,6 +338,23 @@ def _progress_args(progress: Progress) -> tuple[object, ...]:
         progress.http_status,
         progress.endpoint_host,
         progress.last_attempt_at,
+    )
+
+
+def _scheduled(row: asyncpg.Record) -> ScheduledDelivery:
+    return ScheduledDelivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        test_id=row["test_id"],
+        tracking_code=row["tracking_code"],
+        trigger=row["trigger"],
+        event=bytes(row["event"]),
+        source_topic=row["source_topic"],
+        source_partition=row["source_partition"],
+        source_offset=row["source_offset"],
+        attempts=row["attempts"],
+        step=row["step"],
+        due_at=row["due_at"],
     )
 
 
@@ -438,23 +488,36 @@ class ScheduleStore:
                 )
 
         rows = await self._once(claim_in_order)
-        return [
-            ScheduledDelivery(
-                id=row["id"],
-                event_id=row["event_id"],
-                test_id=row["test_id"],
-                tracking_code=row["tracking_code"],
-                trigger=row["trigger"],
-                event=bytes(row["event"]),
-                source_topic=row["source_topic"],
-                source_partition=row["source_partition"],
-                source_offset=row["source_offset"],
-                attempts=row["attempts"],
-                step=row["step"],
-                due_at=row["due_at"],
-            )
-            for row in sorted(rows, key=lambda r: (r["due_at"], r["id"]))
-        ]
+        return [_scheduled(row) for row in sorted(rows, key=lambda r: (r["due_at"], r["id"]))]
+
+    async def hold_due(
+        self,
+        code: str,
+        *,
+        before_step: int,
+        limit: int,
+        reason: str,
+        endpoint_host: str | None,
+        plan: Callable[[list[ScheduledDelivery]], dict[int, float]],
+    ) -> list[tuple[ScheduledDelivery, datetime]]:
+        """Hold ``code``'s due rows without claiming them, for ``reason``: up to ``limit``
+        of the rows a claim would take now whose step is before ``before_step``. ``plan``
+        is given them and answers, by row id, how many seconds each is held; each row it
+        names uses up a step and is due then, the others are left as they were. Returns
+        the rows held with their new due times. One transaction, one try."""
+
+        async def hold(conn: Connection) -> list[tuple[ScheduledDelivery, datetime]]:
+            async with conn.transaction():
+                found = await conn.fetch(_HOLD_DUE, code, before_step, limit, self.topic)
+                rows = {row.id: row for row in map(_scheduled, found)}
+                delays = plan(list(rows.values()))
+                if not delays:
+                    return []
+                ids = list(delays)
+                held = await conn.fetch(_HOLD, ids, [delays[i] for i in ids], reason, endpoint_host)
+            return [(rows[h["id"]], h["due_at"]) for h in held]
+
+        return await self._once(hold)
 
     async def reschedule(self, row_id: int, progress: Progress, due_at: datetime) -> None:
         """Put a claimed row back, pending until ``due_at``; the lease ends. The

@@ -9,6 +9,14 @@ put on the schedule or settled, a slot freed) and at least every ``poll_interval
 delivery is attempted no earlier than its due time and about ``poll_interval`` after it at
 the latest.
 
+When a code's breaker opens, ``breaker_opened`` holds the code's due deliveries in the
+schedule in one transaction per ``HOLD_BATCH``, each as a claim followed by the gate's
+``circuit_open`` answer would (a step used, due when the breaker lets a probe through, a
+``retry_scheduled`` record), but without the claim: behind an endpoint that hangs, the
+deliveries waiting for its share and those that came due while its probe was out would
+otherwise each be claimed only to be held. Deliveries on their last step stay due and are
+claimed and attempted.
+
 A claimed delivery is rebuilt from its event with the tracking code as it is now: a URL or a
 password fixed during an outage is what the retry uses, and a code disabled meanwhile ends
 the delivery ``skipped``.
@@ -27,13 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import Final, Protocol
 
 import structlog
 
 from consumer.delivery.deliverer import Deliverer, Delivery, Source, WaitingTests
-from consumer.delivery.endpoints import EndpointGate
+from consumer.delivery.endpoints import CIRCUIT_OPEN, EndpointGate
 from consumer.delivery.schedule import Progress, ScheduledDelivery, ScheduleStore
+from consumer.delivery.webhook import endpoint_of
 from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import parse_event
 from consumer.metrics import Metrics
@@ -44,6 +54,7 @@ from consumer.triggers import Deliver, Skip, decide
 log = structlog.get_logger(__name__)
 
 CLAIM_BATCH: Final = 200
+HOLD_BATCH: Final = 500  # rows held in one transaction when a breaker opens
 MIN_CLAIM_GAP: Final = 0.02  # woken more often than this, claims are gathered up
 HOUSEKEEPING_INTERVAL: Final = 5.0
 PRUNE_EVERY: Final = 6  # housekeeping rounds between two prunes of the waiting test ids
@@ -80,6 +91,7 @@ class ScheduleRunner:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._routines: list[asyncio.Task[None]] = []
+        self._holds: set[asyncio.Task[None]] = set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -105,8 +117,9 @@ class ScheduleRunner:
             routine.cancel()
         await asyncio.gather(*self._routines, return_exceptions=True)
         drained = True
-        if self._tasks:
-            _, left = await asyncio.wait(set(self._tasks), timeout=drain_timeout)
+        if self._tasks or self._holds:
+            # A bulk hold in progress publishes the records of the rows it has held.
+            _, left = await asyncio.wait({*self._tasks, *self._holds}, timeout=drain_timeout)
             drained = not left
             for task in left:
                 task.cancel()
@@ -180,7 +193,7 @@ class ScheduleRunner:
 
     async def _attempt(self, row: ScheduledDelivery) -> None:
         try:
-            event = parse_event(row.event)
+            delivery = _rebuilt(row)
         except InvalidEvent as exc:
             # Only a row edited by hand can get here: keep it, dead, for a person to see.
             log.error(  # noqa: TRY400 - the rule is the message; a traceback says nothing more
@@ -188,15 +201,7 @@ class ScheduleRunner:
             )
             await self.schedule.kill(row.id, Progress(row.attempts, row.step, "invalid_event"))
             return
-        delivery = Delivery(
-            event=event,
-            raw=row.event,
-            trigger=row.trigger,
-            source=Source(row.source_topic, row.source_partition, row.source_offset),
-            row_id=row.id,
-            attempts=row.attempts,
-            step=row.step,
-        )
+        event = delivery.event
         code = await self.store.get(event.tracking_code) if event.tracking_code else None
         decision = decide(event, code)
         if isinstance(decision, Deliver):
@@ -207,6 +212,68 @@ class ScheduleRunner:
         reason = decision.reason if isinstance(decision, Skip) else decision.why
         log.info("webhook_skipped", reason=reason, trigger=row.trigger, scheduled=True)
         await self.deliverer.settle(delivery, Outcome.SKIPPED, reason)
+
+    # -- an open breaker ----------------------------------------------------------------
+
+    def breaker_opened(self, code: str) -> None:
+        """``code``'s breaker has just opened: hold its due deliveries in bulk."""
+        if self._stopping:
+            return
+        task = asyncio.create_task(self._hold_open(code), name="schedule_hold_open")
+        self._holds.add(task)
+        task.add_done_callback(self._holds.discard)
+        task.add_done_callback(_log_crash)
+
+    async def _hold_open(self, name: str) -> None:
+        code = await self.store.get(name)
+        if code is None:
+            return  # removed: claimed one by one, its deliveries end skipped
+        held = 0
+        while not self._stopping:
+            reopens = self.gate.open_for(name)
+            if reopens <= 0:
+                break  # no longer open: a probe may go out
+            rebuilt: dict[int, Delivery] = {}
+            try:
+                rows = await self.schedule.hold_due(
+                    name,
+                    before_step=len(self.deliverer.retry_schedule),
+                    limit=HOLD_BATCH,
+                    reason=CIRCUIT_OPEN,
+                    endpoint_host=endpoint_of(code).host,
+                    plan=functools.partial(self._plan_hold, code, reopens, rebuilt),
+                )
+            except StoreUnavailable:
+                break  # logged by the store; the claims hold the deliveries one by one
+            await asyncio.gather(
+                *(self.deliverer.announce_held(rebuilt[row.id], code, due) for row, due in rows)
+            )
+            held += len(rows)
+            if len(rows) < HOLD_BATCH:
+                break
+        if held:
+            log.info("breaker_open_held", tracking_code=name, deliveries=held)
+
+    def _plan_hold(
+        self,
+        code: TrackingCode,
+        reopens: float,
+        rebuilt: dict[int, Delivery],
+        rows: list[ScheduledDelivery],
+    ) -> dict[int, float]:
+        """Seconds to hold each of ``rows`` (by id), each rebuilt into ``rebuilt``. Only
+        what a claim would hold: a row whose event is unreadable, or no longer triggers for
+        the code as it is now, is left to the claim that settles it."""
+        delays: dict[int, float] = {}
+        for row in rows:
+            try:
+                delivery = _rebuilt(row)
+            except InvalidEvent:
+                continue
+            if isinstance(decide(delivery.event, code), Deliver):
+                rebuilt[row.id] = delivery
+                delays[row.id] = self.deliverer.held_delay(row.step, reopens)
+        return delays
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -240,6 +307,19 @@ class ScheduleRunner:
             return
         still = await self.schedule.still_waiting(sorted(checked))
         self.waiting.prune(still, checked, since)
+
+
+def _rebuilt(row: ScheduledDelivery) -> Delivery:
+    """The delivery of a row, its event parsed (``InvalidEvent`` for a row edited by hand)."""
+    return Delivery(
+        event=parse_event(row.event),
+        raw=row.event,
+        trigger=row.trigger,
+        source=Source(row.source_topic, row.source_partition, row.source_offset),
+        row_id=row.id,
+        attempts=row.attempts,
+        step=row.step,
+    )
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -323,6 +323,60 @@ async def test_an_open_breaker_does_not_outlast_the_schedule(stack: Stack) -> No
     assert all(o["attempt"] >= 1 for o in finals), "the last step is a real attempt"
 
 
+async def test_deliveries_waiting_behind_a_hanging_endpoint_are_held_in_bulk_when_it_opens(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """The code's share hangs and its other deliveries wait in the schedule (endpoint_busy).
+    When a hanging attempt times out and opens the breaker, those deliveries are held for
+    it in bulk, not claimed one by one: each uses a step, is due after the step's delay
+    (later than the probe here), and has its retry_scheduled record."""
+    never = asyncio.Event()
+
+    async def hang(_request: web.Request, _n: int) -> web.StreamResponse:
+        await never.wait()
+        return web.Response(text="late")
+
+    stuck = await Receiver(respond=hang).start()
+    port = free_port()
+    events = [event_dict(test_id=f"W{i}", tracking_code="HANG") for i in range(20)]
+    settings = stack.settings(
+        HTTP_PORT=str(port),
+        MAX_IN_FLIGHT_PER_ENDPOINT="2",
+        ENDPOINT_QUEUE_WAIT="0s",
+        HTTP_TOTAL_TIMEOUT="2s",
+        BREAKER_MIN_ATTEMPTS="1",  # the first timeout opens the breaker
+        BREAKER_COOLDOWN="60s",
+        RETRY_SCHEDULE="10m,10m",
+    )
+    try:
+        await add_tracking_code(stack.database_url, "HANG", stuck.url)
+        with capture_logs() as logs:
+            async with (
+                TopicReader(stack.bootstrap, stack.outcomes_topic) as outcomes,
+                running_service(settings),
+            ):
+                await publish(stack.bootstrap, stack.events_topic, events)
+                await outcomes.until(lambda records: len(records) >= 2 * len(events) - 2)
+                await asyncio.sleep(1.0)  # time for a claim, were there one to make
+                rows = await db.fetch(
+                    "SELECT reason, step, extract(epoch FROM due_at - now()) AS due_in"
+                    " FROM scheduled_deliveries WHERE reason = 'circuit_open'"
+                )
+                skipped = await metric_values(port, "itep_breaker_skipped_attempts_total")
+    finally:
+        never.set()
+        await stuck.stop()
+    grouped = by_event(outcomes.values())
+    reasons = Counter(tuple(o["reason"] for o in grouped[e["event_id"]]) for e in events)
+    assert reasons == {("endpoint_busy", "circuit_open"): 18, ("timeout",): 2}
+    assert len(stuck.requests) == 2
+    assert len(rows) == 18
+    assert all(r["step"] == 1 and 470 < r["due_in"] <= 720 for r in rows)
+    held = [e for e in logs if e["event"] == "breaker_open_held"]
+    assert [e["deliveries"] for e in held] == [18], "held in bulk, none claimed to be held"
+    assert skipped[(("tracking_code", "HANG"),)] == 18
+
+
 async def replay(database_url: str, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="itep-webhooks")
     deliveries_admin.register(parser.add_subparsers(dest="command", required=True))

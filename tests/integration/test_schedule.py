@@ -17,6 +17,7 @@ from consumer.delivery.schedule import (
     PENDING,
     NewDelivery,
     Progress,
+    ScheduledDelivery,
     ScheduleStore,
 )
 from tests.integration.harness import add_tracking_code
@@ -166,6 +167,66 @@ async def test_a_row_left_behind_a_settled_one_is_made_due_by_free_behind(
     assert [c.test_id for c in await schedule.claim(10, lease=300)] == ["B"]
     assert await schedule.free_behind() == 1
     assert [c.test_id for c in await schedule.claim(10, lease=30)] == ["A"]
+
+
+async def test_hold_due_holds_what_a_claim_would_take_and_uses_a_step(
+    schedule: ScheduleStore, db: asyncpg.Connection, database_url: str
+) -> None:
+    """A breaker's bulk hold takes the code's rows a claim would take now, except those on
+    the last step and those ``plan`` declines; each held row uses a step and is due when
+    ``plan`` says. Leased rows, rows due later, behind another, of a paused code or of
+    another code are left as they are."""
+    await schedule.add(row("LEASED", code="BAD"))
+    [leased] = await schedule.claim(10, lease=300)
+    await schedule.add(row("HELD", code="BAD", progress=Progress(1, 1, "http_503", 503)))
+    await schedule.add(row("HELD", code="BAD", behind=True))
+    await schedule.add(row("DECLINED", code="BAD"))
+    await schedule.add(row("LAST", code="BAD", progress=Progress(3, 3, "http_503")))
+    await schedule.add(row("LATER", code="BAD", due_in=3600))
+    await schedule.add(row("OTHER", code="GOOD"))
+    await add_tracking_code(database_url, "PAUSED", "https://p.example/x", paused=True)
+    await schedule.add(row("PAUSED", code="PAUSED"))
+    offered: list[str] = []
+
+    def plan(rows: list[ScheduledDelivery]) -> dict[int, float]:
+        offered.extend(r.test_id for r in rows)
+        return {r.id: 30.0 for r in rows if r.test_id != "DECLINED"}
+
+    held = await schedule.hold_due(
+        "BAD",
+        before_step=3,
+        limit=100,
+        reason="circuit_open",
+        endpoint_host="bad.example",
+        plan=plan,
+    )
+    assert sorted(offered) == ["DECLINED", "HELD"]
+    assert [(r.test_id, r.step) for r, _ in held] == [("HELD", 1)], "the step before the hold"
+    rows = await db.fetch(
+        "SELECT test_id, step, reason, http_status, endpoint_host, locked_by IS NULL AS free,"
+        " CASE WHEN due_at < 'infinity' THEN extract(epoch FROM due_at - now()) END AS due_in"
+        " FROM scheduled_deliveries ORDER BY id"
+    )
+    by_test = [(r["test_id"], r["step"], r["reason"], r["endpoint_host"]) for r in rows]
+    assert by_test == [
+        ("LEASED", 1, "http_503", None),
+        ("HELD", 2, "circuit_open", "bad.example"),
+        ("HELD", 1, "http_503", None),
+        ("DECLINED", 1, "http_503", None),
+        ("LAST", 3, "http_503", None),
+        ("LATER", 1, "http_503", None),
+        ("OTHER", 1, "http_503", None),
+        ("PAUSED", 1, "http_503", None),
+    ]
+    assert rows[1]["http_status"] is None
+    assert rows[1]["free"]
+    assert 29.0 <= float(rows[1]["due_in"]) <= 30.5
+    assert abs((held[0][1] - datetime.now(UTC)).total_seconds() - 30.0) < 1.5
+    assert rows[2]["due_in"] is None, "still behind"
+    assert not rows[0]["free"], "the lease is kept"
+    claimable = await schedule.claim(10, lease=30)
+    assert sorted(c.test_id for c in claimable) == ["DECLINED", "LAST", "OTHER"]
+    assert leased.test_id == "LEASED"
 
 
 async def test_dead_rows_are_kept_and_do_not_hold_later_ones(

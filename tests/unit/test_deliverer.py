@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from consumer.delivery.breaker import BreakerPolicy
 from consumer.delivery.deliverer import Deliverer, Delivery, Source, WaitingTests
-from consumer.delivery.endpoints import EndpointGate
+from consumer.delivery.endpoints import EndpointGate, Hold
 from consumer.events import parse_event
 from consumer.metrics import Metrics
 from consumer.reporter import OutcomeReporter
@@ -300,6 +300,29 @@ async def test_a_circuit_open_hold_comes_due_when_a_probe_may_go_out() -> None:
     await deliverer.deliver(delivery(test_id="LATE"), CODE)
     [row] = [r for r in memory.pending() if r.new.test_id == "LATE"]
     assert row.due_at.timestamp() - clock.now == 300.0
+
+
+async def test_an_open_breaker_holds_a_delivery_even_while_the_share_is_full() -> None:
+    """Behind a hanging endpoint the share stays full after the breaker opens. A delivery
+    is then held once, for the breaker (a step used, due at the probe), not parked as busy
+    only to be claimed and held again when the hanging attempts end. A delivery on its
+    last step still waits for a slot."""
+    policy = BreakerPolicy(min_attempts=2, window=1e9, cooldown=30.0)
+    deliverer, memory, publisher, clock = make((5.0, 300.0), FakeSender(status=503), policy)
+    deliverer.gate = EndpointGate(2, policy, clock=clock)
+    await open_breaker(deliverer)
+    for _ in range(2):  # last-step attempts go out while the breaker is open: share full
+        deliverer.gate.admit(CODE, last_step=True)
+    publisher.outcomes.clear()
+    await deliverer.deliver(delivery(test_id="NEW"), CODE)
+    rows = {r.new.test_id: r for r in memory.pending()}
+    assert (rows["NEW"].reason, rows["NEW"].step) == ("circuit_open", 1)
+    assert 30.0 <= rows["NEW"].due_at.timestamp() - clock.now <= 36.0
+    assert [o.reason for o in publisher.outcomes] == ["circuit_open"]
+    last = Delivery(delivery(test_id="LAST").event, b"{}", "completed", SOURCE, step=2)
+    assert deliverer.gate.admit(CODE, last_step=True) == Hold("endpoint_busy")
+    await deliverer.deliver(last, CODE)
+    assert publisher.outcomes[-1].reason == "endpoint_busy"
 
 
 async def test_a_delivery_claimed_while_the_probe_is_out_waits_unchanged() -> None:

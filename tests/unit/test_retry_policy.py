@@ -8,7 +8,14 @@ from email.utils import format_datetime
 
 import pytest
 
-from consumer.delivery.retry_policy import AttemptResult, Delivered, Fail, RetryAt, decide_retry
+from consumer.delivery.retry_policy import (
+    AttemptResult,
+    Delivered,
+    Fail,
+    RetryAt,
+    decide_retry,
+    held_delay,
+)
 
 NOW = datetime(2026, 11, 25, 16, 2, 11, tzinfo=UTC)
 SCHEDULE = (5.0, 300.0, 1800.0)
@@ -132,3 +139,16 @@ def test_retry_after_in_the_past_leaves_the_schedule() -> None:
 def test_unreadable_retry_after_is_ignored(garbage: str) -> None:
     plain = decide(status(503), attempt=1, seed=3)
     assert decide(status(503, retry_after=garbage), attempt=1, seed=3) == plain
+
+
+def test_a_breaker_hold_lasts_the_step_when_the_probe_comes_sooner() -> None:
+    delays = [held_delay(300.0, 30.0, 3600.0, random.Random(seed)) for seed in range(200)]
+    assert all(240.0 <= d <= 360.0 for d in delays)
+
+
+def test_a_breaker_hold_lasts_until_the_probe_when_that_is_later() -> None:
+    """Never sooner than the probe (up to a fifth later), never past the longest step."""
+    delays = [held_delay(5.0, 30.0, 3600.0, random.Random(seed)) for seed in range(200)]
+    assert all(30.0 <= d <= 36.0 for d in delays)
+    assert len({round(d, 6) for d in delays}) > 100, "jitter spreads the held deliveries"
+    assert held_delay(5.0, 1000.0, 300.0, random.Random(1)) == 300.0
