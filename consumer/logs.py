@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, MutableMapping
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any, Final
 
 import orjson
@@ -28,6 +28,24 @@ _EVENT: Final[ContextVar[tuple[str, str, int, int] | None]] = ContextVar("itep_e
 def bind_event(test_id: str, event_id: str, partition: int, offset: int) -> None:
     """Put the event in the current context (a runner's own task: it stays there)."""
     _EVENT.set((test_id, event_id, partition, offset))
+
+
+# The keys bound for one event or scheduled delivery, by ``bind_event`` or by
+# ``bound_contextvars`` around a scheduled attempt.
+EVENT_KEYS: Final = ("test_id", "event_id", "partition", "offset", "delivery_id")
+
+
+def detached_context() -> Context:
+    """A copy of the current context without the event being handled: for a task started
+    while handling one that is not about it. Other bound keys (``worker``) are kept."""
+    context = copy_context()
+    context.run(_forget_event)
+    return context
+
+
+def _forget_event() -> None:
+    _EVENT.set(None)
+    structlog.contextvars.unbind_contextvars(*EVENT_KEYS)
 
 
 def merge_event(

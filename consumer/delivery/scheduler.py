@@ -46,6 +46,7 @@ from consumer.delivery.schedule import Progress, ScheduledDelivery, ScheduleStor
 from consumer.delivery.webhook import endpoint_of
 from consumer.errors import InvalidEvent, StoreUnavailable
 from consumer.events import parse_event
+from consumer.logs import detached_context
 from consumer.metrics import Metrics
 from consumer.outcomes import Outcome
 from consumer.tracking_codes import TrackingCode
@@ -219,7 +220,10 @@ class ScheduleRunner:
         """``code``'s breaker has just opened: hold its due deliveries in bulk."""
         if self._stopping:
             return
-        task = asyncio.create_task(self._hold_open(code), name="schedule_hold_open")
+        # Not about the event whose attempt opened the breaker: its lines must not name it.
+        task = asyncio.create_task(
+            self._hold_open(code), name="schedule_hold_open", context=detached_context()
+        )
         self._holds.add(task)
         task.add_done_callback(self._holds.discard)
         task.add_done_callback(_log_crash)

@@ -9,7 +9,14 @@ import orjson
 import pytest
 import structlog
 
-from consumer.logs import RepeatThrottle, bind_event, configure_logging, drop_secrets
+from consumer.logs import (
+    EVENT_KEYS,
+    RepeatThrottle,
+    bind_event,
+    configure_logging,
+    detached_context,
+    drop_secrets,
+)
 
 
 def test_fields_named_for_credentials_are_redacted() -> None:
@@ -98,3 +105,36 @@ async def test_a_line_logged_while_an_event_is_handled_carries_the_event(
     assert (inside["partition"], inside["offset"]) == (3, 7)
     assert outside["event"] == "outside"
     assert not {"test_id", "event_id", "partition", "offset"} & outside.keys()
+
+
+async def test_a_task_started_in_a_detached_context_names_no_event_but_keeps_the_worker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Work started while handling an event that is not about it (holding a code's
+    deliveries when its breaker opens) logs without the event's keys."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    log = structlog.get_logger("test")
+
+    async def other() -> None:
+        log.warning("detached")
+
+    async def runner() -> None:
+        structlog.contextvars.bind_contextvars(worker=1)
+        bind_event("T1", "E1", 3, 42)
+        with structlog.contextvars.bound_contextvars(delivery_id=9, event_id="E2"):
+            await asyncio.create_task(other(), context=detached_context())
+            log.warning("attached")
+
+    try:
+        configure_logging("json", "info")
+        await asyncio.create_task(runner())
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        structlog.reset_defaults()
+    detached, attached = (orjson.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert detached["event"] == "detached"
+    assert detached["worker"] == 1
+    assert not set(EVENT_KEYS) & detached.keys()
+    assert (attached["event_id"], attached["delivery_id"], attached["test_id"]) == ("E2", 9, "T1")
