@@ -14,8 +14,8 @@ schedule in one transaction per ``HOLD_BATCH``, each as a claim followed by the 
 ``circuit_open`` answer would (a step used, due when the breaker lets a probe through, a
 ``retry_scheduled`` record), but without the claim: behind an endpoint that hangs, the
 deliveries waiting for its share and those that came due while its probe was out would
-otherwise each be claimed only to be held. Deliveries on their last step stay due and are
-claimed and attempted.
+otherwise each be claimed only to be held. Claims pass over the code while its hold runs.
+Deliveries on their last step stay due and are claimed and attempted once it is done.
 
 A claimed delivery is rebuilt from its event with the tracking code as it is now: a URL or a
 password fixed during an outage is what the retry uses, and a code disabled meanwhile ends
@@ -92,7 +92,7 @@ class ScheduleRunner:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._routines: list[asyncio.Task[None]] = []
-        self._holds: set[asyncio.Task[None]] = set()
+        self._holds: dict[asyncio.Task[None], str] = {}  # bulk hold -> its code
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -100,6 +100,16 @@ class ScheduleRunner:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def holding(self) -> int:
+        """Codes whose due deliveries are being held in bulk."""
+        return len(self._holds)
+
+    def claim_exclusions(self) -> list[str]:
+        """Codes whose due deliveries a claim passes over now: the deliverer's (share
+        full, probe out, deliveries waiting for a slot) and those being held in bulk."""
+        return sorted(set(self.deliverer.excluded_codes()) | set(self._holds.values()))
 
     def start(self) -> None:
         self._routines = [
@@ -143,7 +153,7 @@ class ScheduleRunner:
             if wanted > 0:
                 try:
                     claimed = await self.schedule.claim(
-                        wanted, exclude=self.deliverer.excluded_codes(), lease=self.lease
+                        wanted, exclude=self.claim_exclusions(), lease=self.lease
                     )
                 except StoreUnavailable:
                     await asyncio.sleep(delay)
@@ -217,16 +227,22 @@ class ScheduleRunner:
     # -- an open breaker ----------------------------------------------------------------
 
     def breaker_opened(self, code: str) -> None:
-        """``code``'s breaker has just opened: hold its due deliveries in bulk."""
-        if self._stopping:
-            return
+        """``code``'s breaker has just opened: hold its due deliveries in bulk. Claims pass
+        over the code meanwhile (each would only be held), and take its deliveries again
+        once the hold is done: those on their last step, and those come due later."""
+        if self._stopping or code in self._holds.values():
+            return  # a hold in progress goes on while the breaker stays open
         # Not about the event whose attempt opened the breaker: its lines must not name it.
         task = asyncio.create_task(
             self._hold_open(code), name="schedule_hold_open", context=detached_context()
         )
-        self._holds.add(task)
-        task.add_done_callback(self._holds.discard)
+        self._holds[task] = code
+        task.add_done_callback(self._hold_done)
         task.add_done_callback(_log_crash)
+
+    def _hold_done(self, task: asyncio.Task[None]) -> None:
+        self._holds.pop(task, None)
+        self._wakeup.set()
 
     async def _hold_open(self, name: str) -> None:
         code = await self.store.get(name)
