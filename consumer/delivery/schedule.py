@@ -146,21 +146,25 @@ _CLAIMED: Final = (
     "s.source_partition, s.source_offset, s.attempts, s.step, s.due_at"
 )
 
-# The head of each test's pending rows, due, not leased, not paused, not excluded.
+# What a claim may take (``d`` a row of the schedule): pending and due, not leased, its code
+# not paused, the head of its test's pending rows. An open breaker's bulk hold takes the same.
+_CLAIMABLE: Final = """d.state = 'pending'
+  AND d.due_at <= now()
+  AND (d.locked_until IS NULL OR d.locked_until < now())
+  AND NOT EXISTS (
+      SELECT 1 FROM tracking_codes t WHERE t.code = d.tracking_code AND t.paused)
+  AND NOT EXISTS (
+      SELECT 1 FROM scheduled_deliveries e
+      WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)"""
+
+# The claimable rows of the codes not excluded, in due order.
 _CLAIM: Final = f"""
 WITH due AS (
     SELECT d.id
     FROM scheduled_deliveries d
-    WHERE d.state = 'pending'
-      AND d.due_at <= now()
-      AND (d.locked_until IS NULL OR d.locked_until < now())
+    WHERE {_CLAIMABLE}
       AND d.tracking_code <> ALL($2::text[])
       AND ($5::text IS NULL OR d.source_topic = $5)
-      AND NOT EXISTS (
-          SELECT 1 FROM tracking_codes t WHERE t.code = d.tracking_code AND t.paused)
-      AND NOT EXISTS (
-          SELECT 1 FROM scheduled_deliveries e
-          WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
     ORDER BY d.due_at, d.id
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
@@ -244,23 +248,15 @@ WHERE d.state = 'pending' AND d.due_at = 'infinity'
       WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
 """
 
-# An open breaker's hold, in bulk: the code's due rows that a claim would take now (the head
-# of each test's queue, not leased, not paused), except those on the schedule's last step,
-# which are attempted whatever the breaker says.
+# An open breaker's hold, in bulk: the code's rows that a claim would take now, except those
+# on the schedule's last step, which are attempted whatever the breaker says.
 _HOLD_DUE: Final = f"""
 SELECT {_CLAIMED.replace("s.", "d.")}
 FROM scheduled_deliveries d
-WHERE d.state = 'pending'
+WHERE {_CLAIMABLE}
   AND d.tracking_code = $1
-  AND d.due_at <= now()
-  AND (d.locked_until IS NULL OR d.locked_until < now())
   AND d.step < $2
   AND ($4::text IS NULL OR d.source_topic = $4)
-  AND NOT EXISTS (
-      SELECT 1 FROM tracking_codes t WHERE t.code = d.tracking_code AND t.paused)
-  AND NOT EXISTS (
-      SELECT 1 FROM scheduled_deliveries e
-      WHERE e.test_id = d.test_id AND e.state = 'pending' AND e.id < d.id)
 LIMIT $3
 FOR UPDATE OF d SKIP LOCKED
 """  # noqa: S608 - a fixed column list
