@@ -245,7 +245,10 @@ class ScheduleRunner:
         self._wakeup.set()
 
     async def _hold_open(self, name: str) -> None:
-        code = await self.store.get(name)
+        try:
+            code = await self.store.get(name)
+        except StoreUnavailable:
+            return  # stopping: the claims hold the deliveries one by one after a restart
         if code is None:
             return  # removed: claimed one by one, its deliveries end skipped
         held = 0
