@@ -51,15 +51,20 @@ def _cores(busy: float) -> str:
 _CLIENTS = {"aiohttp": "bare aiohttp", "sender": "bare WebhookSender (the service's)"}
 
 
-def _limit_row(name: str, limit: Limit, first: Limit) -> list[str]:
+def _limit_row(
+    name: str, limit: Limit, first: Limit, reference: tuple[float, str] | None = None
+) -> list[str]:
+    receivers = f", receivers after {limit.delay * 1000:.0f} ms" if limit.delay else ""
+    rate, ref_name = reference or (0.0, "")
     return [
         name,
-        f"{_CLIENTS[limit.client]}, {limit.concurrency:,} workers, {limit.per_host}/origin",
+        f"{_CLIENTS[limit.client]}, {limit.concurrency:,} workers, {limit.per_host}/origin"
+        + receivers,
         f"{limit.requests:,}",
         f"{limit.seconds:.1f} s",
         _n(limit.rate),
-        "",
-        "",
+        f"{ref_name} {rate:,.0f}/s" if rate else "",
+        f"{limit.rate / rate:.2f}" if rate else "",
         _ms(limit.cpu_ms),
         f"{limit.cpu_ms / first.cpu_ms:.2f}",
         "",
@@ -100,6 +105,24 @@ def _beyond_sender(results: Results) -> str:
     )
 
 
+def _against_slow_sender(results: Results) -> str:
+    """Scenario 3's service against its own sender's bare loop on the same slow receivers:
+    how much of what the machine allows at that concurrency the service reaches."""
+    sender = results.slow_sender
+    service = next(
+        (r for r in results.throughput if r.scenario == "3 slow" and r.relay == "service"),
+        None,
+    )
+    if sender is None or service is None or not service.window.webhooks:
+        return ""
+    return (
+        f"With slow receivers, a bare loop of the service's own sender at "
+        f"{sender.concurrency:,} workers, no Kafka, no Postgres, reaches {sender.rate:,.0f} "
+        f"requests/s; the service in scenario 3 delivers {service.window.rate / sender.rate:.2f} "
+        "of that."
+    )
+
+
 def throughput_lines(results: Results) -> list[str]:
     limit = results.limit
     rows: list[list[str]] = []
@@ -107,7 +130,12 @@ def throughput_lines(results: Results) -> list[str]:
         rows.append(_limit_row("1 limit", limit, limit))
         if results.limit_sender is not None:
             rows.append(_limit_row("1 the service's sender", results.limit_sender, limit))
+    slow_sender = results.slow_sender
     for row in results.throughput:
+        if row.scenario == "3 slow" and slow_sender is not None and limit is not None:
+            bound = (row.reference, row.reference_name) if row.reference else None
+            rows.append(_limit_row("3 slow", slow_sender, limit, bound))
+            slow_sender = None  # one row, before the scenario's first
         window = row.window
         ratio = f"{window.rate / row.reference:.2f}" if row.reference else ""
         reference = f"{row.reference_name} {row.reference:,.0f}/s" if row.reference else ""
@@ -148,9 +176,9 @@ def throughput_lines(results: Results) -> list[str]:
     drift = _limit_drift(results)
     if drift:
         lines += ["", drift]
-    beyond = _beyond_sender(results)
-    if beyond:
-        lines += ["", beyond]
+    for line in (_beyond_sender(results), _against_slow_sender(results)):
+        if line:
+            lines += ["", line]
     speedups = []
     for scenario in ("2 fast", "3 slow"):
         by_relay = {r.relay: r.window.rate for r in results.throughput if r.scenario == scenario}

@@ -19,6 +19,7 @@ class Limit:
     concurrency: int
     per_host: int
     client: str = "aiohttp"
+    delay: float = 0.0  # seconds each receiver took to answer
 
     @property
     def rate(self) -> float:
@@ -97,6 +98,9 @@ class Results:
     limit: Limit | None = None
     limit_again: Limit | None = None  # measured once more at the end of a run, for drift
     limit_sender: Limit | None = None  # the same loop through the service's WebhookSender
+    # Scenario 3's receivers, the service's sender alone at MAX_IN_FLIGHT: what the machine
+    # lets any client reach against the concurrency bound
+    slow_sender: Limit | None = None
     throughput: list[Throughput] = field(default_factory=list)
     latency: list[Latency] = field(default_factory=list)
     backlog: list[Backlog] = field(default_factory=list)

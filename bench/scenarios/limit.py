@@ -24,15 +24,19 @@ from bench.results import Limit
 from bench.stack import ROOT, new_run_id
 
 
-async def run(ctx: Context, client: str = "aiohttp") -> Limit:
+async def run(
+    ctx: Context, client: str = "aiohttp", *, delay: float = 0.0, concurrency: int | None = None
+) -> Limit:
+    """The loop against receivers answering after ``delay``, with ``concurrency`` workers
+    (``MAX_IN_FLIGHT_PER_HOST`` unless given), at most that many per origin."""
     plan, settings = ctx.plan, ctx.settings
     per_host = settings.max_in_flight_per_host
-    concurrency = per_host
+    concurrency = concurrency or per_host
     run_id = new_run_id()
-    receiver = ReceiverProcess(plan.codes, 0.0)
+    receiver = ReceiverProcess(plan.codes, delay)
     ctx.say(
         f"limit ({client}): {plan.limit_requests:,} POSTs, {concurrency} workers, "
-        f"{per_host} per origin"
+        f"{per_host} per origin, receivers answering after {delay * 1000:.0f} ms"
     )
     await receiver.start(ctx.log_dir / f"limit-{run_id}-receiver.log")
     try:
@@ -73,6 +77,7 @@ async def run(ctx: Context, client: str = "aiohttp") -> Limit:
         concurrency=concurrency,
         per_host=per_host,
         client=client,
+        delay=delay,
     )
     ctx.say(f"limit ({client}): {limit.rate:,.0f} requests/s, {limit.cpu_ms:.3f} ms CPU each")
     return limit

@@ -5,12 +5,18 @@ Each code has its own port, so with the defaults the bound is
 ``min(MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ENDPOINT x codes, MAX_IN_FLIGHT_PER_HOST x origins)``
 webhooks in flight, i.e. that over 0.2 s per second (5,000/s), or the limit if it is lower.
 The naive consumer runs for ``plan.naive_slow_window`` seconds (it does 5/s).
+
+Before the service, the service's own ``WebhookSender`` in a bare loop (``bench.ceiling``)
+POSTs to the same slow receivers with ``MAX_IN_FLIGHT`` workers, no Kafka, no Postgres: on a
+busy 2-core machine the receivers answer later than 200 ms, and this is what any client at
+that concurrency reaches there.
 """
 
 from __future__ import annotations
 
 from bench.context import Context
 from bench.results import Throughput
+from bench.scenarios import limit
 from bench.workload import Workload
 
 
@@ -32,6 +38,10 @@ async def run(ctx: Context, *, service: bool, naive: bool) -> None:
         settings.max_in_flight_per_endpoint,
         settings.max_in_flight_per_host,
     )
+    if service:
+        results.slow_sender = await limit.run(
+            ctx, "sender", delay=plan.slow_delay, concurrency=settings.max_in_flight
+        )
     async with Workload(ctx, "slow", delay=plan.slow_delay) as work:
         await work.publish(plan.events)
         if service:

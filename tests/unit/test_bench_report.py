@@ -84,3 +84,33 @@ def test_the_schedule_table_gives_rows_per_second_and_each_sides_cpu_per_row() -
         "| resumed | 20,000 | 8.0 s | 2,500 | 0.200 ms | 0.250 ms |"
     )
     assert scheduled_lines(Results()) == []
+
+
+def test_the_senders_loop_on_slow_receivers_comes_before_scenario_3_against_its_bound() -> None:
+    """The bare sender against the slow receivers at the service's concurrency: a row
+    against the same bound, and a line on how much of it the service reaches."""
+    sender = Limit(
+        requests=1_000,
+        seconds=0.25,
+        cpu_seconds=0.05,
+        concurrency=1_000,
+        per_host=100,
+        client="sender",
+        delay=0.2,
+    )
+    window = Window(webhooks=1_000, seconds=0.3, cpu_seconds=0.2, drained=True)
+    service = Throughput("3 slow", "service", 1_000, window, 5_000.0, "bound")
+    results = Results(limit=_limit(1.0, 0.2), slow_sender=sender, throughput=[service])
+    lines = throughput_lines(results)
+    slow = [line for line in lines if line.startswith("| 3 slow")]
+    assert len(slow) == 2
+    cells = [cell.strip() for cell in slow[0].split("|")]
+    assert cells[2] == (
+        "bare WebhookSender (the service's), 1,000 workers, 100/origin, receivers after 200 ms"
+    )
+    assert cells[5:8] == ["4,000", "bound 5,000/s", "0.80"]
+    assert "service" in slow[1]
+    [line] = [line for line in lines if line.startswith("With slow receivers")]
+    assert line.endswith(
+        "reaches 4,000 requests/s; the service in scenario 3 delivers 0.83 of that."
+    )
