@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.machine import Machine
 from bench.plan import Plan
-from bench.results import Limit, Results
+from bench.results import Limit, Results, Throughput
 from bench.stack import ROOT, SERVICE_ROOT
 from bench.window import Window
 from consumer.settings import Settings
@@ -51,11 +51,17 @@ def _cores(busy: float) -> str:
 _CLIENTS = {"aiohttp": "bare aiohttp", "sender": "bare WebhookSender (the service's)"}
 
 
+def _against(rate: float, reference: float | None, name: str) -> list[str]:
+    """The reference and ratio cells of a row: empty without a reference."""
+    if not reference:
+        return ["", ""]
+    return [f"{name} {reference:,.0f}/s", f"{rate / reference:.2f}"]
+
+
 def _limit_row(
-    name: str, limit: Limit, first: Limit, reference: tuple[float, str] | None = None
+    name: str, limit: Limit, first: Limit, reference: float | None = None, ref_name: str = ""
 ) -> list[str]:
     receivers = f", receivers after {limit.delay * 1000:.0f} ms" if limit.delay else ""
-    rate, ref_name = reference or (0.0, "")
     return [
         name,
         f"{_CLIENTS[limit.client]}, {limit.concurrency:,} workers, {limit.per_host}/origin"
@@ -63,8 +69,7 @@ def _limit_row(
         f"{limit.requests:,}",
         f"{limit.seconds:.1f} s",
         _n(limit.rate),
-        f"{ref_name} {rate:,.0f}/s" if rate else "",
-        f"{limit.rate / rate:.2f}" if rate else "",
+        *_against(limit.rate, reference, ref_name),
         _ms(limit.cpu_ms),
         f"{limit.cpu_ms / first.cpu_ms:.2f}",
         "",
@@ -86,15 +91,23 @@ def _limit_drift(results: Results) -> str:
     )
 
 
+def _service_run(results: Results, scenario: str) -> Throughput | None:
+    """The service's run in ``scenario``, when it delivered anything."""
+    return next(
+        (
+            r
+            for r in results.throughput
+            if r.scenario == scenario and r.relay == "service" and r.window.webhooks
+        ),
+        None,
+    )
+
+
 def _beyond_sender(results: Results) -> str:
     """The service's CPU per webhook in scenario 2 against a bare loop of its own sender:
     what the pipeline around the HTTP client costs."""
-    sender = results.limit_sender
-    service = next(
-        (r for r in results.throughput if r.scenario == "2 fast" and r.relay == "service"),
-        None,
-    )
-    if sender is None or service is None or not service.window.webhooks:
+    sender, service = results.limit_sender, _service_run(results, "2 fast")
+    if sender is None or service is None:
         return ""
     cpu_ms = service.window.cpu_ms
     return (
@@ -108,12 +121,8 @@ def _beyond_sender(results: Results) -> str:
 def _against_slow_sender(results: Results) -> str:
     """Scenario 3's service against its own sender's bare loop on the same slow receivers:
     how much of what the machine allows at that concurrency the service reaches."""
-    sender = results.slow_sender
-    service = next(
-        (r for r in results.throughput if r.scenario == "3 slow" and r.relay == "service"),
-        None,
-    )
-    if sender is None or service is None or not service.window.webhooks:
+    sender, service = results.slow_sender, _service_run(results, "3 slow")
+    if sender is None or service is None:
         return ""
     return (
         f"With slow receivers, a bare loop of the service's own sender at "
@@ -133,12 +142,9 @@ def throughput_lines(results: Results) -> list[str]:
     slow_sender = results.slow_sender
     for row in results.throughput:
         if row.scenario == "3 slow" and slow_sender is not None and limit is not None:
-            bound = (row.reference, row.reference_name) if row.reference else None
-            rows.append(_limit_row("3 slow", slow_sender, limit, bound))
+            rows.append(_limit_row("3 slow", slow_sender, limit, row.reference, row.reference_name))
             slow_sender = None  # one row, before the scenario's first
         window = row.window
-        ratio = f"{window.rate / row.reference:.2f}" if row.reference else ""
-        reference = f"{row.reference_name} {row.reference:,.0f}/s" if row.reference else ""
         cpu_ratio = f"{window.cpu_ms / limit.cpu_ms:.2f}" if limit and window.webhooks else ""
         rows.append(
             [
@@ -147,8 +153,7 @@ def throughput_lines(results: Results) -> list[str]:
                 f"{window.webhooks:,}",
                 _window(window),
                 _n(window.rate),
-                reference,
-                ratio,
+                *_against(window.rate, row.reference, row.reference_name),
                 _ms(window.cpu_ms),
                 cpu_ratio,
                 _cores(window.machine_busy),

@@ -34,9 +34,10 @@ async def run(
     concurrency = concurrency or per_host
     run_id = new_run_id()
     receiver = ReceiverProcess(plan.codes, delay)
+    slow = f", receivers answering after {delay * 1000:.0f} ms" if delay else ""
     ctx.say(
         f"limit ({client}): {plan.limit_requests:,} POSTs, {concurrency} workers, "
-        f"{per_host} per origin, receivers answering after {delay * 1000:.0f} ms"
+        f"{per_host} per origin{slow}"
     )
     await receiver.start(ctx.log_dir / f"limit-{run_id}-receiver.log")
     try:

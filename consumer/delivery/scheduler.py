@@ -109,7 +109,10 @@ class ScheduleRunner:
     def claim_exclusions(self) -> list[str]:
         """Codes whose due deliveries a claim passes over now: the deliverer's (share
         full, probe out, deliveries waiting for a slot) and those being held in bulk."""
-        return sorted(set(self.deliverer.excluded_codes()) | set(self._holds.values()))
+        excluded = self.deliverer.excluded_codes()
+        if not self._holds:
+            return excluded  # the usual case: already sorted, without duplicates
+        return sorted(set(excluded).union(self._holds.values()))
 
     def start(self) -> None:
         self._routines = [
