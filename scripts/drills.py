@@ -47,6 +47,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from drills_cluster import CLUSTER_DRILLS, cluster_environment, cluster_unavailable
+from drills_isolation import drill_isolation
 from drills_lib import (
     ROOT,
     WORK_DIR,
@@ -58,11 +59,15 @@ from drills_lib import (
     PrivatePostgres,
     ReceiverClient,
     ServiceProc,
+    breaker_lines,
     complete_event,
+    first_arrivals,
+    fmt_counter,
     free_port,
     load,
     parse_time,
     publish,
+    stop_all,
     test_sequence,
     wait_until,
 )
@@ -160,26 +165,6 @@ class Drill:
     cluster: bool = False  # needs the three-broker cluster of `make cluster-up`
 
 
-def pct(part: float, whole: float) -> str:
-    return f"{part / whole:.1%}" if whole else "n/a"
-
-
-def fmt_counter(counter: Counter[Any]) -> str:
-    if not counter:
-        return "none"
-    return ", ".join(f"{k}: {v:,}" for k, v in counter.most_common())
-
-
-def first_arrivals(
-    arrivals: Iterable[Arrival], ports: set[int] | None = None
-) -> dict[str, Arrival]:
-    out: dict[str, Arrival] = {}
-    for arrival in arrivals:
-        if ports is None or arrival.port in ports:
-            out.setdefault(arrival.webhook_id, arrival)
-    return out
-
-
 def receipts(arrivals: Iterable[Arrival], ports: set[int] | None = None) -> Counter[str]:
     return Counter(a.webhook_id for a in arrivals if ports is None or a.port in ports)
 
@@ -238,217 +223,6 @@ def schedule_timing(
             if recorded < due - CLOCK_SLACK:
                 timing.early_outcomes += 1
     return timing
-
-
-def longest_pause(logs: LogSummary) -> tuple[float, str]:
-    """The longest stretch between a ``fetching_paused`` and the next ``fetching_resumed``
-    (logs read with ``keep`` of both), and the pair of lines quoted."""
-    best, quote, paused = 0.0, "", None
-    for doc in logs.docs:
-        if doc.get("event") == "fetching_paused":
-            paused = doc
-        elif doc.get("event") == "fetching_resumed" and paused is not None:
-            seconds = (
-                datetime.fromisoformat(doc["timestamp"])
-                - datetime.fromisoformat(paused["timestamp"])
-            ).total_seconds()
-            if seconds > best:
-                best = seconds
-                quote = orjson.dumps(paused).decode() + "\n" + orjson.dumps(doc).decode()
-            paused = None
-    return best, quote
-
-
-def breaker_lines(logs: LogSummary) -> str:
-    names = ("breaker_open", "breaker_half_open", "breaker_closed")
-    return ", ".join(f"{n} {logs.counts.get(n, 0)}" for n in names)
-
-
-async def stop_all(*things: Any) -> None:  # noqa: ANN401 - services and readers
-    for thing in things:
-        if thing is not None:
-            with contextlib.suppress(Exception):
-                await thing.stop()
-
-
-# ------------------------------------------------------------------------ isolation
-
-
-async def drill_isolation(ctx: Ctx, r: Result) -> None:
-    # Each run must last long enough (10 s or more) that the shared machine's drift within
-    # and between runs stays small beside the 10% the check allows, and that the hanging
-    # endpoint's attempts reach HTTP_TOTAL_TIMEOUT (15 s) within it. At 4,000 to 11,000
-    # healthy webhooks a second, 40,000 events made runs of 3-9 s whose verdict followed
-    # the drift (RELIABILITY.md).
-    total = 5_000 if ctx.quick else 120_000
-    healthy_codes = [f"OK-{i}" for i in range(9)]
-    bad = "BAD"
-    codes = [*healthy_codes, bad]
-    # Two Complete events per test id, the test ids spread over the ten codes in turn.
-    events = [complete_event(f"I{i // 2:06d}", codes[(i // 2) % 10]) for i in range(total)]
-    healthy = [e for e in events if e.tracking_code != bad]
-    healthy_ids = {e.event_id for e in healthy}
-    bad_ids = {e.event_id for e in events if e.tracking_code == bad}
-    ports = [free_port() for _ in healthy_codes]
-    for port in ports:
-        await ctx.receiver.open(port, "ok")
-    healthy_ports = set(ports)
-    r.fig("events", f"{total:,} Complete events over {total // 2:,} test ids and 10 tracking codes")
-    r.fig("bad endpoint share", f"{len(bad_ids):,} events ({pct(len(bad_ids), total)})")
-    # Each bad run is compared with a control run of the same 120,000 events in which the
-    # tenth code answers at once: the same traffic with no trouble. The service is CPU-bound
-    # here, so the bad code's events cost CPU whatever its endpoint does (a held event about
-    # what a delivered one does: parsed, written to the schedule, its outcome published);
-    # what isolation must show is that the endpoint's trouble costs the others nothing more.
-    # A control runs before and after every bad run and each bad run is compared with the
-    # two around it: the machine is shared and its speed drifts by more than the 10% the
-    # check allows within minutes, so only neighbours are compared. The 9-code baseline is
-    # a figure: what the tenth code's 10% more events cost.
-    bad_runs: list[tuple[str, str]] = [
-        ("never answers", "hang"),
-        ("refuses connections", "refuse"),
-        ("503 after 2 s", "slow503"),
-    ]
-    runs: list[tuple[str, str | None]] = [
-        ("baseline (9 healthy codes only)", None),
-        ("control 1 (all 10 codes healthy)", "ok"),
-    ]
-    for number, bad_run in enumerate(bad_runs, start=2):
-        runs += [bad_run, (f"control {number}", "ok")]
-    rates: dict[str, float] = {}
-    cpu_per_webhook: dict[str, float] = {}
-    try:
-        for label, behaviour in runs:
-            ctx.say(f"isolation run: {label}")
-            bad_port = free_port()
-            if behaviour == "hang":
-                await ctx.receiver.open(bad_port, "hang")
-            elif behaviour == "slow503":
-                await ctx.receiver.open(bad_port, "slow503", delay=2.0)
-            elif behaviour == "ok":
-                await ctx.receiver.open(bad_port, "ok")
-            stack = await DrillStack.create("isolation", ctx.bootstrap, ctx.admin_dsn)
-            service = reader = None
-            try:
-                for code, port in zip(healthy_codes, ports, strict=True):
-                    await stack.add_code(code, f"http://127.0.0.1:{port}/{code}")
-                await stack.add_code(bad, f"http://127.0.0.1:{bad_port}/{bad}")
-                batch = healthy if behaviour is None else events
-                await publish(stack.bootstrap, stack.events_topic, batch)
-                await ctx.receiver.reset()
-                reader = OutcomeReader(stack.bootstrap, stack.outcomes_topic)
-                await reader.start()
-                log = ctx.log_path(stack, "service")
-                service = await ServiceProc.launch("service", stack.env(DRAIN_TIMEOUT="5s"), log)
-                seen: dict[str, Arrival] = {}
-
-                async def healthy_done(reader: OutcomeReader = reader) -> bool:
-                    seen.update(first_arrivals(await ctx.receiver.arrivals(), healthy_ports))
-                    return len(seen) >= len(healthy_ids) and reader.final_count(healthy_ids) >= len(
-                        healthy_ids
-                    )
-
-                finished = await wait_until(
-                    healthy_done,
-                    300,
-                    every=0.5,
-                    tick=lambda: ctx.say(f"  {len(seen):,}/{len(healthy_ids):,} healthy webhooks"),
-                )
-                arrivals = list(await ctx.receiver.arrivals())
-                docs = reader.all_docs()
-                cpu = service.cpu_seconds()
-                await service.stop()
-                counts = await stack.schedule_counts()
-            finally:
-                await stop_all(service, reader)
-                await stack.close()
-                if behaviour in ("hang", "slow503", "ok"):
-                    await ctx.receiver.close_port(bad_port)
-            firsts = first_arrivals(arrivals, healthy_ports)
-            times = sorted(a.at for a in firsts.values())
-            rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-            rates[label] = rate
-            if cpu is not None and firsts:
-                cpu_per_webhook[label] = cpu / len(firsts)
-            healthy_out = Counter(
-                d["outcome"]
-                for d in docs
-                if d["event_id"] in healthy_ids and d["outcome"] != "retry_scheduled"
-            )
-            bad_out = Counter(
-                f"{d['outcome']}/{d['reason']}" for d in docs if d["event_id"] in bad_ids
-            )
-            bad_arrivals = sum(1 for a in arrivals if a.port == bad_port)
-            logs = LogSummary.read([log], keep=("fetching_paused", "fetching_resumed"))
-            pause, pause_quote = longest_pause(logs)
-            extra = (
-                f"; service CPU {cpu_per_webhook.get(label, 0) * 1000:.2f} ms per healthy webhook"
-                f"; fetching paused {logs.counts.get('fetching_paused', 0)} times, longest "
-                f"{pause:.1f} s"
-            )
-            if behaviour is not None:
-                extra += (
-                    f"; bad code: {bad_arrivals:,} requests reached its endpoint, outcomes "
-                    f"{fmt_counter(bad_out)}; schedule rows {counts or '{}'}; {breaker_lines(logs)}"
-                )
-            r.fig(
-                f"{label}",
-                f"{rate:,.0f} healthy webhooks/s ({len(firsts):,} healthy webhooks in "
-                f"{times[-1] - times[0] if times else 0:.1f} s; healthy final outcomes "
-                f"{fmt_counter(healthy_out)}){extra}",
-            )
-            if behaviour is not None and logs.quote("breaker_open"):
-                r.quote(f"isolation, {label}: breaker", logs.quote("breaker_open"))
-            if pause_quote:
-                r.quote(f"isolation, {label}: longest fetching pause", pause_quote)
-            r.check(
-                f"{label}: every healthy webhook delivered",
-                finished
-                and len(firsts) == len(healthy_ids)
-                and healthy_out.get("delivered", 0) == len(healthy_ids)
-                and sum(healthy_out.values()) == len(healthy_ids),
-                f"{len(firsts):,}/{len(healthy_ids):,} arrived, healthy final outcomes "
-                f"{fmt_counter(healthy_out)}",
-            )
-    finally:
-        for port in ports:
-            await ctx.receiver.close_port(port)
-    controls = [rates[label] for label, kind in runs if kind == "ok" and label in rates]
-    control = statistics.fmean(controls) if controls else 0.0
-    if len(controls) > 1:
-        r.fig(
-            "control drift (machine load)",
-            f"{', '.join(f'{rate:,.0f}' for rate in controls)} webhooks/s: "
-            f"{(max(controls) - min(controls)) / control:.0%} apart at most; each bad run is "
-            "compared to the mean of the controls just before and after it",
-        )
-    baseline_label, first_control = runs[0][0], runs[1][0]
-    if baseline_label in rates and first_control in rates and rates[baseline_label]:
-        r.fig(
-            "what the tenth code's events cost (control 1 against the baseline before it)",
-            f"{rates[first_control] / rates[baseline_label]:.2f} of the baseline's healthy "
-            "webhooks/s",
-        )
-    ratios = []
-    for index, (label, kind) in enumerate(runs):
-        if kind in (None, "ok") or label not in rates:
-            continue
-        around = [
-            rates[near]
-            for near, near_kind in (runs[index - 1], runs[index + 1])
-            if near_kind == "ok" and near in rates
-        ]
-        local = statistics.fmean(around) if around else 0.0
-        ratio = rates[label] / local if local else 0.0
-        ratios.append(f"{label} {ratio:.2f}")
-        r.check(
-            f"{label}: healthy throughput >= 0.9 x the controls around it",
-            ratio >= 0.9,
-            f"{rates[label]:,.0f} / {local:,.0f} webhooks/s = {ratio:.2f}",
-        )
-    r.key = (
-        f"control {control:,.0f} webhooks/s; against the controls around them: {', '.join(ratios)}"
-    )
 
 
 # --------------------------------------------------------------------------- outage
@@ -1602,23 +1376,22 @@ DRILLS: list[Drill] = [
     Drill(
         "isolation",
         "one bad endpoint does not slow the others",
-        "10 tracking codes, each its own port of the receiver process; 120,000 Complete events "
-        "(2 per test id, the test ids spread over the codes in turn), 10% of them for the bad "
-        "code. Three runs with the bad endpoint (a) accepting the connection and reading the "
-        "request but never answering (`HTTP_TOTAL_TIMEOUT` 15 s, the default), (b) refusing "
-        "connections (nothing listens on its port), (c) answering 503 after 2 s. Each is "
-        "compared with a control run of the same events in which the tenth code answers at "
-        "once: the same traffic without the trouble (the service is CPU-bound here, and the "
-        "bad code's events cost CPU whatever its endpoint does). A control runs before and "
-        "after each bad run, since the machine is shared and its speed drifts within minutes; "
-        "a baseline of the 9 healthy codes' 108,000 events alone comes first, to show what the "
-        "tenth code's events cost (a figure, not a check). Each run has fresh "
-        "topics, group and database; healthy throughput is counted at the receiver, from the "
-        "first healthy webhook's arrival to the last, and the service's CPU time per healthy "
-        "webhook is read from /proc. Passes when every healthy webhook arrives and each bad run "
-        "keeps at least 0.9 of the mean healthy webhooks/s of the two controls around it.",
+        "10 tracking codes; 120,000 Complete events (2 per test id, the test ids spread over "
+        "the codes in turn), 10% of them for the bad code. Two copies of the service run side "
+        "by side on the same events, each with its own topics, group, database and receiver "
+        "process: in the troubled copy the tenth code's endpoint (a) accepts the connection and "
+        "reads the request but never answers (`HTTP_TOTAL_TIMEOUT` 15 s, the default), (b) "
+        "refuses connections (nothing listens on its port), (c) answers 503 after 2 s; in the "
+        "control copy it answers at once. Side by side, both copies share the machine's drift "
+        "(the machine is shared, and its speed drifts by more than 10% within minutes). Each "
+        "copy's healthy webhooks are counted at its receiver over the stretch in which both were "
+        "delivering; the service's CPU time per healthy webhook is read from /proc. A first "
+        "pair runs two controls, to measure the measure's own error. Passes when every healthy "
+        "webhook arrives in every copy, the two controls are within 10% of each other, and each "
+        "troubled copy delivers at least 0.9 of the healthy webhooks its control delivers "
+        "beside it.",
         "5,000 events (500 for the bad code): runs of 1-2 s, a smoke test of delivery; their "
-        "throughput ratios swing by a third with the machine, and only the full size judges them",
+        "ratios swing with the start-up of each copy, and only the full size judges them",
         1500,
         drill_isolation,
     ),

@@ -55,9 +55,11 @@ from drills_lib import (
     ServiceProc,
     _run,
     complete_event,
+    fmt_counter,
     free_port,
     parse_time,
     publish,
+    stop_all,
     wait_until,
 )
 
@@ -216,12 +218,6 @@ async def all_in_sync(topics: Iterable[str], within: float = 90) -> tuple[bool, 
 # ----------------------------------------------------------------------- measurements
 
 
-def fmt_counter(counter: Counter[Any]) -> str:
-    if not counter:
-        return "none"
-    return ", ".join(f"{k}: {v:,}" for k, v in counter.most_common())
-
-
 def secs(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} s"
 
@@ -245,13 +241,6 @@ async def close_ports(ctx: Ctx, ports: Iterable[int]) -> None:
     for port in ports:
         with contextlib.suppress(Exception):
             await ctx.receiver.close_port(port)
-
-
-async def stop_all(*things: Any) -> None:  # noqa: ANN401 - services, readers, watchers
-    for thing in things:
-        if thing is not None:
-            with contextlib.suppress(Exception):
-                await thing.stop()
 
 
 @dataclass

@@ -33,6 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -406,6 +407,61 @@ class ReceiverClient:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pct(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "n/a"
+
+
+def fmt_counter(counter: Counter[Any]) -> str:
+    if not counter:
+        return "none"
+    return ", ".join(f"{k}: {v:,}" for k, v in counter.most_common())
+
+
+def first_arrivals(
+    arrivals: Iterable[Arrival], ports: set[int] | None = None
+) -> dict[str, Arrival]:
+    """Each webhook's first arrival (by ``webhook-id``), on ``ports`` when given."""
+    out: dict[str, Arrival] = {}
+    for arrival in arrivals:
+        if ports is None or arrival.port in ports:
+            out.setdefault(arrival.webhook_id, arrival)
+    return out
+
+
+async def stop_all(*things: Any) -> None:  # noqa: ANN401 - services, readers, watchers
+    for thing in things:
+        if thing is not None:
+            with contextlib.suppress(Exception):
+                await thing.stop()
+
+
+def longest_pause(logs: LogSummary) -> tuple[float, str]:
+    """The longest stretch between a ``fetching_paused`` and the next ``fetching_resumed``
+    (logs read with ``keep`` of both), and the pair of lines quoted."""
+    best, quote, paused = 0.0, "", None
+    for doc in logs.docs:
+        if doc.get("event") == "fetching_paused":
+            paused = doc
+        elif doc.get("event") == "fetching_resumed" and paused is not None:
+            seconds = (
+                datetime.fromisoformat(doc["timestamp"])
+                - datetime.fromisoformat(paused["timestamp"])
+            ).total_seconds()
+            if seconds > best:
+                best = seconds
+                quote = orjson.dumps(paused).decode() + "\n" + orjson.dumps(doc).decode()
+            paused = None
+    return best, quote
+
+
+def breaker_lines(logs: LogSummary) -> str:
+    names = ("breaker_open", "breaker_half_open", "breaker_closed")
+    return ", ".join(f"{n} {logs.counts.get(n, 0)}" for n in names)
 
 
 # ------------------------------------------------------------------------------- stack
