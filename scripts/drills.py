@@ -12,7 +12,8 @@ verdict per check, and writes the results into RELIABILITY.md.
     python scripts/drills.py --only crash        one drill (repeatable, or comma-separated)
     python scripts/drills.py --list              the drills and what each does
 
-The `cluster-*` drills (scripts/drills_cluster.py) need the three-broker cluster of
+The `isolation` drill is in scripts/drills_isolation.py. The `cluster-*` drills
+(scripts/drills_cluster.py) need the three-broker cluster of
 `make cluster-up`; when it is not up they are skipped with one line each.
 
 Exit status 0 when every check of every drill run passed, 1 otherwise.
