@@ -225,8 +225,9 @@ def latency_lines(results: Results) -> list[str]:
     if any(row.floor_received for row in results.latency):
         lines += [
             "",
-            "Kafka floor: a bare aiokafka consumer (`bench/floor.py`) polling the same events at"
-            " the same time, from publication to `getmany` returning the event; its received"
+            "Kafka floor: a bare aiokafka consumer (`bench/floor.py`) polling events published"
+            " at the same rate for the same time, in phases of its own after the service's (the"
+            " service stopped), from publication to `getmany` returning the event; its received"
             " are events polled, its CPU is per event polled.",
         ]
     return lines

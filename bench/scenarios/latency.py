@@ -10,12 +10,14 @@ p99 and max are over every event of the phase, however late it arrives; CPU per 
 the service's CPU over the phase's publishing time divided by the webhooks that arrived in
 that time (fewer than published when the service falls behind).
 
-The Kafka floor is measured in the same phases: a bare aiokafka consumer (``bench.floor``,
-its own process, its own consumer group, positioned at the end of the topic before the
-warm-up) reads the same events and times each from its stamp to the moment ``getmany``
-returned it: the producer's linger, the ``acks=all`` round trip and the fetch, which no
-relay can go under. It shares the machine with the service during the phases, as intended:
-it is the floor under the same load (its CPU per event is reported beside it).
+The Kafka floor is measured in phases of its own, after the service's and with the service
+stopped: a bare aiokafka consumer (``bench.floor``, its own process, its own consumer
+group, positioned at the end of the topic) reads events published at the same rates for
+the same time and times each from its stamp to the moment ``getmany`` returned it: the
+producer's linger, the ``acks=all`` round trip and the fetch, which no relay can go under.
+It does not run beside the service: on a 2-core machine its polling took a share of the
+cores the service needs, and the service's p99 came out 1.2-1.5x higher at 500/s and 4-5x
+at 2,000/s with it running than without (BENCHMARKS.md, twelfth round).
 """
 
 from __future__ import annotations
@@ -78,61 +80,21 @@ def latency_row(
 
 
 async def run(ctx: Context) -> None:
-    plan = ctx.plan
-    async with Workload(ctx, "latency", delay=0.0, stamps=True) as work:
-        relay = await work.service()
-        await relay.relay.start()
-        floor = FloorProcess(ctx.bootstrap, work.topic, f"bench-{work.run_id}-floor")
-        floor_samples: dict[str, list[float]] | None = None
-        try:
-            await floor.start(ctx.log_dir / f"latency-{work.run_id}-floor.log")
-            async with PacedProducer(ctx.bootstrap, work.topic, work.mix) as producer:
-
-                async def progress_routine() -> None:
-                    while True:
-                        await asyncio.sleep(PROGRESS_EVERY)
-                        stats = await work.receiver.stats()
-                        ctx.say(f"latency: {stats.count:,} webhooks received")
-
-                progress = asyncio.create_task(progress_routine())
-                try:
-                    ctx.say(f"latency: warm-up, {WARMUP_RATE}/s for {plan.latency_warmup:.0f} s")
-                    total = await producer.run("warmup", WARMUP_RATE, plan.latency_warmup)
-                    # The measured phases start with the service caught up.
-                    await wait_received(work, total, 120.0)
-                    phases: list[tuple[int, int, float, float]] = []
-                    for rate in plan.latency_rates:
-                        ctx.say(f"latency: {rate:,} events/s for {plan.latency_seconds:.0f} s")
-                        cpu = relay.relay.tree.cpu_seconds()
-                        floor_cpu = floor.tree.cpu_seconds()
-                        arrived = (await work.receiver.stats()).count
-                        count = await producer.run(str(rate), rate, plan.latency_seconds)
-                        relay.relay.check_alive()
-                        cpu = relay.relay.tree.cpu_seconds() - cpu
-                        floor_cpu = floor.tree.cpu_seconds() - floor_cpu
-                        arrived = (await work.receiver.stats()).count - arrived
-                        phases.append((rate, count, cpu / max(arrived, 1), floor_cpu))
-                        total += count
-                finally:
-                    progress.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await progress
-            await wait_received(work, total, 60.0)
-            stats = await work.receiver.stats(samples=True)
-            floor_samples = await floor.stop()
-        finally:
-            if floor_samples is None:
-                await floor.kill()
-            await relay.relay.stop()
-    for rate, count, cpu, floor_cpu in phases:
-        label = str(rate)
+    async with (
+        Workload(ctx, "latency", delay=0.0, stamps=True) as work,
+        PacedProducer(ctx.bootstrap, work.topic, work.mix) as producer,
+    ):
+        phases = await _service_phases(ctx, work, producer)
+        floor_samples, floor_cpus = await _floor_phases(ctx, work, producer)
+        stats = await work.receiver.stats(samples=True)
+    for rate, count, cpu in phases:
         row = latency_row(
             rate,
             count,
-            stats.samples.get(label, []),
+            stats.samples.get(str(rate), []),
             cpu,
-            floor=floor_samples.get(label, []),
-            floor_cpu=floor_cpu,
+            floor=floor_samples.get(_floor_label(rate), []),
+            floor_cpu=floor_cpus.get(rate, float("nan")),
         )
         ctx.results.latency.append(row)
         ctx.say(
@@ -141,3 +103,77 @@ async def run(ctx: Context) -> None:
             f" p50 {row.floor_p50_ms:.1f} ms, p99 {row.floor_p99_ms:.1f} ms,"
             f" max {row.floor_max_ms:.1f} ms ({row.floor_received:,} polled)"
         )
+
+
+def _floor_label(rate: int) -> str:
+    return f"floor{rate}"
+
+
+async def _service_phases(
+    ctx: Context, work: Workload, producer: PacedProducer
+) -> list[tuple[int, int, float]]:
+    """The service warmed up, then each rate in turn: (rate, published, CPU seconds per
+    webhook that arrived in the phase). The service is stopped once every event arrived."""
+    plan = ctx.plan
+    relay = await work.service()
+    await relay.relay.start()
+    try:
+
+        async def progress_routine() -> None:
+            while True:
+                await asyncio.sleep(PROGRESS_EVERY)
+                stats = await work.receiver.stats()
+                ctx.say(f"latency: {stats.count:,} webhooks received")
+
+        progress = asyncio.create_task(progress_routine())
+        try:
+            ctx.say(f"latency: warm-up, {WARMUP_RATE}/s for {plan.latency_warmup:.0f} s")
+            total = await producer.run("warmup", WARMUP_RATE, plan.latency_warmup)
+            # The measured phases start with the service caught up.
+            await wait_received(work, total, 120.0)
+            phases: list[tuple[int, int, float]] = []
+            for rate in plan.latency_rates:
+                ctx.say(f"latency: {rate:,} events/s for {plan.latency_seconds:.0f} s")
+                cpu = relay.relay.tree.cpu_seconds()
+                arrived = (await work.receiver.stats()).count
+                count = await producer.run(str(rate), rate, plan.latency_seconds)
+                relay.relay.check_alive()
+                cpu = relay.relay.tree.cpu_seconds() - cpu
+                arrived = (await work.receiver.stats()).count - arrived
+                phases.append((rate, count, cpu / max(arrived, 1)))
+                total += count
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+        await wait_received(work, total, 60.0)
+    finally:
+        await relay.relay.stop()
+    return phases
+
+
+async def _floor_phases(
+    ctx: Context, work: Workload, producer: PacedProducer
+) -> tuple[dict[str, list[float]], dict[int, float]]:
+    """The Kafka floor alone at each rate: its samples by label and its CPU seconds by rate."""
+    plan = ctx.plan
+    floor = FloorProcess(ctx.bootstrap, work.topic, f"bench-{work.run_id}-floor")
+    await floor.start(ctx.log_dir / f"latency-{work.run_id}-floor.log")
+    samples: dict[str, list[float]] | None = None
+    try:
+        ctx.say(f"latency: Kafka floor alone, warm-up for {plan.latency_warmup:.0f} s")
+        await producer.run("floorwarmup", WARMUP_RATE, plan.latency_warmup)
+        cpus: dict[int, float] = {}
+        for rate in plan.latency_rates:
+            ctx.say(
+                f"latency: Kafka floor alone, {rate:,} events/s for {plan.latency_seconds:.0f} s"
+            )
+            cpu = floor.tree.cpu_seconds()
+            await producer.run(_floor_label(rate), rate, plan.latency_seconds)
+            cpus[rate] = floor.tree.cpu_seconds() - cpu
+        await asyncio.sleep(1.0)  # the last events' polls
+        samples = await floor.stop()
+    finally:
+        if samples is None:
+            await floor.kill()
+    return samples, cpus
