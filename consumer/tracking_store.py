@@ -5,6 +5,9 @@ change to a row takes effect within 5 s of its commit, CONTRACT section 4). Code
 fresh are collected and looked up together by ``_lookup_routine``: one
 ``code = ANY($1::text[])`` query per batch, a batch being every code asked for during the same
 loop tick or while the previous query ran. Unknown codes are cached (as None) like known ones.
+An entry asked for once it is past half its ``ttl`` is answered from memory at once and
+looked up again in the background, so a code in steady use never expires and no event waits
+for Postgres's round trip every ``ttl``.
 
 When Postgres cannot be reached, a code with a cached entry is served from it however old; a
 code with no entry waits, tried again with backoff (``retry_initial`` doubling up to
@@ -41,6 +44,9 @@ WHERE code = ANY($1::text[])
 
 
 log = structlog.get_logger()
+
+# An entry is looked up again in the background once this share of its ttl has passed.
+REFRESH_AT: Final = 0.5
 
 
 def _dumps(value: Any) -> str:  # noqa: ANN401 -- any JSON value
@@ -110,6 +116,7 @@ class TrackingCodeStore:
     ) -> None:
         self._dsn = dsn
         self._ttl = ttl
+        self._refresh_after = ttl * REFRESH_AT
         self._pool_size = pool_size
         self._clock = clock
         self._retry_initial = retry_initial
@@ -123,6 +130,11 @@ class TrackingCodeStore:
         self._pending: dict[str, asyncio.Future[TrackingCode | None]] = {}
         self._wakeup = asyncio.Event()
         self._outage_started: float | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the lookup routine runs (from ``start`` until ``close``)."""
+        return self._routine is not None and not self._routine.done()
 
     @property
     def available(self) -> bool:
@@ -168,9 +180,13 @@ class TrackingCodeStore:
         Waits while Postgres is unreachable and nothing is cached for ``code``.
         """
         entry = self._cache.get(code)
-        if entry is not None and self._clock() - entry.fetched_at < self._ttl:
-            return entry.value
-        if self._routine is None or self._routine.done():
+        if entry is not None:
+            age = self._clock() - entry.fetched_at
+            if age < self._ttl:
+                if age >= self._refresh_after and code not in self._pending and self.running:
+                    self._request(code)  # looked up again behind this answer, not waited for
+                return entry.value
+        if not self.running:
             raise StoreUnavailable("the tracking-code store is not running")
         future = self._request(code)
         if entry is not None and not self.available:

@@ -186,6 +186,32 @@ async def test_change_is_served_only_after_the_ttl_expires(database_url, db, mak
     assert store.queries == 2
 
 
+async def test_an_entry_past_half_its_ttl_is_answered_at_once_and_looked_up_again_behind(
+    database_url, db, make_store
+):
+    clock = FakeClock()
+    await insert(db, "A", "https://old.example/x")
+    store = await make_store(database_url, ttl=4.0, clock=clock)
+    await store.get("A")
+    await db.execute("UPDATE tracking_codes SET endpoint_url = 'https://new.example/x'")
+    clock.now += 1.9
+    assert (await store.get("A")).endpoint_url == "https://old.example/x"
+    await asyncio.sleep(0.05)
+    assert store.queries == 1, "looked up again before half its ttl"
+    clock.now += 0.2
+    # Answered without suspending: the coroutine finishes on its first step.
+    lookup = store.get("A")
+    with pytest.raises(StopIteration) as answered:
+        lookup.send(None)
+    assert answered.value.value.endpoint_url == "https://old.example/x"
+    async with asyncio.timeout(5):
+        while store.queries < 2:
+            await asyncio.sleep(0.01)
+    clock.now += 3.0  # 5.1 s after the first lookup, 3.0 s after the one behind the answer
+    assert store.cached("A")[0] is True
+    assert (await store.get("A")).endpoint_url == "https://new.example/x"
+
+
 async def test_committed_change_is_visible_within_five_seconds(database_url, db, make_store):
     await insert(db, "A", "https://old.example/x")
     store = await make_store(database_url, ttl=4.0)
