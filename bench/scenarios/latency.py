@@ -16,7 +16,7 @@ group, positioned at the end of the topic) reads events published at the same ra
 the same time and times each from its stamp to the moment ``getmany`` returned it: the
 producer's linger, the ``acks=all`` round trip and the fetch, which no relay can go under.
 It does not run beside the service: on a 2-core machine its polling took a share of the
-cores the service needs, and the service's p99 came out 1.2-1.5x higher at 500/s and 4-5x
+cores the service needs, and the service's p99 came out 1.2-1.6x higher at 500/s and 4-5x
 at 2,000/s with it running than without (BENCHMARKS.md, twelfth round).
 """
 
