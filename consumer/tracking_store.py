@@ -183,7 +183,7 @@ class TrackingCodeStore:
         if entry is not None:
             age = self._clock() - entry.fetched_at
             if age < self._ttl:
-                if age >= self._refresh_after and code not in self._pending and self.running:
+                if age >= self._refresh_after and self.running:
                     self._request(code)  # looked up again behind this answer, not waited for
                 return entry.value
         if not self.running:

@@ -71,12 +71,15 @@ class Side:
     behaviour: str  # what the tenth code's endpoint does
     ports: list[int] = field(default_factory=list)
     bad_port: int = 0
+    opened: list[int] = field(default_factory=list)  # ports bound on its receiver
     stack: DrillStack | None = None
     service: ServiceProc | None = None
     reader: OutcomeReader | None = None
     log: Path | None = None
-    seen: dict[str, Arrival] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # healthy webhooks arrived so far
+    scanned: int = 0  # arrivals already looked at by ``done``
     arrivals: list[Arrival] = field(default_factory=list)
+    firsts: dict[str, Arrival] = field(default_factory=dict)  # each healthy webhook's first
     docs: list[dict[str, object]] = field(default_factory=list)
     cpu: float | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -89,12 +92,12 @@ class Side:
         """Its endpoints on its receiver, its topics and database, the events published."""
         self.ports = [free_port() for _ in HEALTHY_CODES]
         for port in self.ports:
-            await self.receiver.open(port, "ok")
+            await self.open(port, "ok")
         self.bad_port = free_port()
         if self.behaviour == "slow503":
-            await self.receiver.open(self.bad_port, "slow503", delay=2.0)
+            await self.open(self.bad_port, "slow503", delay=2.0)
         elif self.behaviour != "refuse":  # "refuse": nothing listens on its port
-            await self.receiver.open(self.bad_port, self.behaviour)
+            await self.open(self.bad_port, self.behaviour)
         self.stack = await DrillStack.create("isolation", ctx.bootstrap, ctx.admin_dsn)
         for code, port in zip(HEALTHY_CODES, self.ports, strict=True):
             await self.stack.add_code(code, f"http://127.0.0.1:{port}/{code}")
@@ -104,6 +107,10 @@ class Side:
         self.reader = OutcomeReader(self.stack.bootstrap, self.stack.outcomes_topic)
         await self.reader.start()
         self.log = ctx.log_path(self.stack, f"service-{self.name}")
+
+    async def open(self, port: int, behaviour: str, *, delay: float = 0.0) -> None:
+        await self.receiver.open(port, behaviour, delay=delay)
+        self.opened.append(port)
 
     async def launch(self) -> None:
         assert self.stack is not None
@@ -115,7 +122,10 @@ class Side:
     async def done(self, healthy_ids: set[str]) -> bool:
         """Every healthy webhook has arrived and has its final outcome."""
         assert self.reader is not None
-        self.seen.update(first_arrivals(await self.receiver.arrivals(), self.healthy_ports))
+        arrivals = await self.receiver.arrivals()
+        ports = self.healthy_ports
+        self.seen.update(a.webhook_id for a in arrivals[self.scanned :] if a.port in ports)
+        self.scanned = len(arrivals)
         return len(self.seen) >= len(healthy_ids) and self.reader.final_count(healthy_ids) >= len(
             healthy_ids
         )
@@ -125,6 +135,7 @@ class Side:
         assert self.stack is not None
         assert self.reader is not None
         self.arrivals = list(await self.receiver.arrivals())
+        self.firsts = first_arrivals(self.arrivals, self.healthy_ports)
         self.docs = self.reader.all_docs()
         if self.service is not None:
             self.cpu = self.service.cpu_seconds()
@@ -135,12 +146,11 @@ class Side:
         await stop_all(self.service, self.reader)
         if self.stack is not None:
             await self.stack.close()
-        for port in [*self.ports, self.bad_port]:
-            if port and (port != self.bad_port or self.behaviour != "refuse"):
-                await self.receiver.close_port(port)
+        for port in self.opened:
+            await self.receiver.close_port(port)
 
     def healthy_times(self) -> list[float]:
-        return sorted(a.at for a in first_arrivals(self.arrivals, self.healthy_ports).values())
+        return sorted(a.at for a in self.firsts.values())
 
 
 def common_stretch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -261,7 +271,7 @@ def report_pair(
         f"{counted['control'] / seconds if seconds else 0:,.0f} a second)",
     )
     for side in (troubled, control):
-        firsts = first_arrivals(side.arrivals, side.healthy_ports)
+        firsts = side.firsts
         healthy_out = Counter(
             str(d["outcome"])
             for d in side.docs
