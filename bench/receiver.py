@@ -5,8 +5,13 @@ Each webhook is counted when its body has been read (its arrival); it is answere
 once, or after ``--delay`` seconds (a slow partner). With ``--stamps`` the receiver also
 reads the ``OID`` of the webhook's ``data`` JSON: an OID ``lat:LABEL:NS`` (the producer's
 ``time.time_ns()`` at publication) gives one latency sample, arrival minus publication, kept
-under LABEL. The control port answers ``GET /stats`` (counts, first and last arrival, and
-the latency samples with ``?samples=1``) and ``POST /reset``. The process binds every port
+under LABEL. The hook ports are served by a bare ``asyncio.Protocol`` over llhttp
+(httptools, the parser the service's client uses): the receiver stands in for partners on
+other machines, and an aiohttp server spent 0.11 ms of this machine's CPU per request, as
+much as the service spends on a webhook. The control port (aiohttp) answers ``GET /stats``
+(counts, requests held for their delayed answer, first and last arrival, the process's
+CPU seconds, and the latency samples with
+``?samples=1``) and ``POST /reset``. The process binds every port
 itself (the kernel picks them) and writes their numbers to stdout as one JSON line once all
 accept.
 
@@ -24,13 +29,13 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, cast
 from urllib.parse import parse_qsl
 
 import aiohttp
+import httptools
 import orjson
 import uvloop
 from aiohttp import web
@@ -39,8 +44,9 @@ from bench.stack import ROOT
 
 
 @dataclass(slots=True)
-class _Tally:
+class Tally:
     count: int = 0
+    held: int = 0  # requests read whose delayed answer is not yet due
     first: float = 0.0
     last: float = 0.0
     samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -49,6 +55,18 @@ class _Tally:
         self.count = 0
         self.first = self.last = 0.0
         self.samples = defaultdict(list)
+
+    def arrived(self, body: bytes, stamps: bool) -> None:
+        """Count a webhook whose body has just been read; with ``stamps``, keep its latency
+        sample when its OID holds one."""
+        arrival = time.time()
+        self.count += 1
+        self.first = self.first or arrival
+        self.last = arrival
+        if stamps:
+            stamp = _stamp(body)
+            if stamp is not None:
+                self.samples[stamp[0]].append((arrival - stamp[1] / 1e9) * 1000.0)
 
 
 def _stamp(body: bytes) -> tuple[str, int] | None:
@@ -62,29 +80,88 @@ def _stamp(body: bytes) -> tuple[str, int] | None:
     return None
 
 
-def _hook_handler(
-    tally: _Tally, delay: float, stamps: bool
-) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def hook(request: web.Request) -> web.Response:
-        body = await request.read()
-        arrival = time.time()
-        tally.count += 1
-        tally.first = tally.first or arrival
-        tally.last = arrival
-        if stamps:
-            stamp = _stamp(body)
-            if stamp is not None:
-                tally.samples[stamp[0]].append((arrival - stamp[1] / 1e9) * 1000.0)
-        if delay:
-            await asyncio.sleep(delay)
-        return web.Response(text="ok")
-
-    return hook
+_OK: Final = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+_OK_CLOSE: Final = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\nok"
+)
+_NOT_FOUND: Final = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_BAD_REQUEST: Final = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
-def _control_app(tally: _Tally) -> web.Application:
+class HookProtocol(asyncio.Protocol):
+    """One connection to a hook port: HTTP/1.1 parsed by llhttp (httptools), answered
+    with a fixed response, at once or ``delay`` seconds after the request's body has been
+    read (a loop timer, no task per request). Anything but ``POST /hook`` gets a 404 and the
+    connection closed; a request llhttp rejects, a 400. Responses leave in the order their
+    requests arrived: each is due ``delay`` after its arrival."""
+
+    def __init__(self, tally: Tally, delay: float, stamps: bool) -> None:
+        self._tally = tally
+        self._delay = delay
+        self._stamps = stamps
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._chunks: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._answer(_BAD_REQUEST, keep_alive=False)
+
+    # llhttp's callbacks, called from feed_data.
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._chunks = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._parser.get_method() != b"POST" or self._url != b"/hook":
+            self._answer(_NOT_FOUND, keep_alive=False)
+            return
+        self._tally.arrived(b"".join(self._chunks), self._stamps)
+        keep_alive = self._parser.should_keep_alive()
+        if self._delay:
+            self._tally.held += 1
+            asyncio.get_running_loop().call_later(self._delay, self._answer_held, keep_alive)
+        else:
+            self._answer(_OK if keep_alive else _OK_CLOSE, keep_alive)
+
+    def _answer_held(self, keep_alive: bool) -> None:
+        self._tally.held -= 1
+        self._answer(_OK if keep_alive else _OK_CLOSE, keep_alive)
+
+    def _answer(self, response: bytes, keep_alive: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(response)
+        if not keep_alive:
+            transport.close()
+
+
+def _control_app(tally: Tally) -> web.Application:
     async def stats(request: web.Request) -> web.Response:
-        doc: dict[str, Any] = {"count": tally.count, "first": tally.first, "last": tally.last}
+        doc: dict[str, Any] = {
+            "count": tally.count,
+            "held": tally.held,
+            "first": tally.first,
+            "last": tally.last,
+            "cpu": time.process_time(),
+        }
         if request.query.get("samples"):
             doc["samples"] = tally.samples
         return web.Response(body=orjson.dumps(doc), content_type="application/json")
@@ -112,20 +189,17 @@ def _listen() -> socket.socket:
 async def serve(codes: int, delay: float, stamps: bool) -> None:
     """Serve ``codes`` hook ports and a control port; their numbers go to stdout as one
     JSON line, ``{"ports": [...], "control": P}``, once every one of them accepts."""
-    tally = _Tally()
-    hooks = web.Application()
-    hooks.router.add_post("/hook", _hook_handler(tally, delay, stamps))
-    runners = [
-        web.AppRunner(hooks, access_log=None),
-        web.AppRunner(_control_app(tally), access_log=None),
-    ]
-    for runner in runners:
-        await runner.setup()
+    tally = Tally()
+    loop = asyncio.get_running_loop()
+    runner = web.AppRunner(_control_app(tally), access_log=None)
+    await runner.setup()
     hook_sockets = [_listen() for _ in range(codes)]
     control = _listen()
-    for sock in hook_sockets:
-        await web.SockSite(runners[0], sock).start()
-    await web.SockSite(runners[1], control).start()
+    servers = [
+        await loop.create_server(lambda: HookProtocol(tally, delay, stamps), sock=sock)
+        for sock in hook_sockets
+    ]
+    await web.SockSite(runner, control).start()
     ports = [sock.getsockname()[1] for sock in hook_sockets]
     sys.stdout.buffer.write(
         orjson.dumps({"ports": ports, "control": control.getsockname()[1]}) + b"\n"
@@ -134,14 +208,14 @@ async def serve(codes: int, delay: float, stamps: bool) -> None:
     # Nobody reads the pipe after that line: anything written later goes to the log.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        for server in servers:
+            server.close()
+        await runner.cleanup()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +224,7 @@ class ReceiverStats:
     first: float  # time.time() of the first arrival, 0 before any
     last: float
     samples: dict[str, list[float]]  # label -> latency in ms (only when asked for)
+    cpu: float  # the receiver process's CPU seconds (user + system) so far
 
 
 class ReceiverProcess:
@@ -205,7 +280,9 @@ class ReceiverProcess:
         url = f"http://127.0.0.1:{self.control}/stats" + ("?samples=1" if samples else "")
         async with self._session.get(url) as response:
             doc = orjson.loads(await response.read())
-        return ReceiverStats(doc["count"], doc["first"], doc["last"], doc.get("samples", {}))
+        return ReceiverStats(
+            doc["count"], doc["first"], doc["last"], doc.get("samples", {}), doc["cpu"]
+        )
 
     async def reset(self) -> None:
         assert self._session is not None
