@@ -61,6 +61,12 @@ POLL_RETRY_DELAY: Final = 1.0
 # inside aiokafka's max_poll_interval_ms (300 s), after which the group drops the consumer.
 KEEP_ALIVE_POLL: Final = 30.0
 FULL_WAIT: Final = 0.1  # the loop wakes at least this often while the window is full
+# At most this many records a poll. Every record of a poll becomes a runner task stepped in
+# the loop's next iteration: 500 at once kept the responses of the attempts in flight
+# waiting behind them, and their connections idle. 64 delivered 0.97 of the slow receivers'
+# bound against 0.94-0.95, at 0.88-0.96 of the CPU per webhook with fast ones
+# (BENCHMARKS.md, thirteenth round).
+POLL_BATCH: Final = 64
 
 
 def event_window(max_in_flight: int) -> int:
@@ -144,7 +150,7 @@ class Pipeline:
         """Consume until ``stop`` is set, then wind down, commit and return."""
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
-        max_records = min(500, self.window)
+        max_records = min(POLL_BATCH, self.window)
         stopped = asyncio.ensure_future(stop.wait())
         self.ready = True
         log.info("pipeline_started", topic=self.settings.exam_events_topic)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from structlog.testing import capture_logs
@@ -21,7 +22,7 @@ from consumer.handler import EventHandler
 from consumer.lag import LagMonitor
 from consumer.metrics import Metrics
 from consumer.outcomes import OutcomeRecord
-from consumer.pipeline import FULL_WAIT, KEEP_ALIVE_POLL, Pipeline, event_window
+from consumer.pipeline import FULL_WAIT, KEEP_ALIVE_POLL, POLL_BATCH, Pipeline, event_window
 from consumer.reporter import OutcomeReporter
 from consumer.settings import Settings
 from consumer.tracking_codes import TrackingCode
@@ -379,6 +380,22 @@ async def test_a_full_window_wakes_as_soon_as_a_record_finishes() -> None:
     started = loop.time()
     await pipeline._wait_for_room(stopped)
     assert loop.time() - started < FULL_WAIT / 2
+
+
+@pytest.mark.parametrize(("max_in_flight", "asked"), [("1000", POLL_BATCH), ("2", 3)])
+async def test_a_poll_asks_for_at_most_a_poll_batch_or_the_room_in_the_window(
+    max_in_flight: str, asked: int
+) -> None:
+    """A poll's records are all stepped in one turn of the loop: a large window is filled
+    a batch at a time, so the responses of the attempts in flight are read between."""
+    pipeline, _, _ = make_pipeline(Store(), env={"MAX_IN_FLIGHT": max_in_flight})
+    stop = asyncio.Event()
+    running = asyncio.create_task(pipeline.run(stop))
+    while not consumer_of(pipeline).polls:
+        await asyncio.sleep(0.001)
+    stop.set()
+    await asyncio.wait_for(running, 2)
+    assert {max_records for _, max_records in consumer_of(pipeline).polls} == {asked}
 
 
 class SlowCommitConsumer(FakeConsumer):
