@@ -93,8 +93,9 @@ class HookProtocol(asyncio.Protocol):
     """One connection to a hook port: HTTP/1.1 parsed by llhttp (httptools), answered
     with a fixed response, at once or ``delay`` seconds after the request's body has been
     read (a loop timer, no task per request). Anything but ``POST /hook`` gets a 404 and the
-    connection closed; a request llhttp rejects, a 400. Responses leave in the order their
-    requests arrived: each is due ``delay`` after its arrival."""
+    connection closed; a request llhttp rejects, a 400. The answers to webhooks leave in the
+    order the webhooks arrived, each due ``delay`` after its arrival (the clients here send
+    a request on a connection only once the one before it is answered)."""
 
     def __init__(self, tally: Tally, delay: float, stamps: bool) -> None:
         self._tally = tally
