@@ -9,8 +9,8 @@ under LABEL. The hook ports are served by a bare ``asyncio.Protocol`` over llhtt
 (httptools, the parser the service's client uses): the receiver stands in for partners on
 other machines, and an aiohttp server spent 0.11 ms of this machine's CPU per request, as
 much as the service spends on a webhook. The control port (aiohttp) answers ``GET /stats``
-(counts, requests held for their delayed answer, first and last arrival, the process's
-CPU seconds, and the latency samples with
+(counts, requests held for their delayed answer, first and last arrival, and the latency
+samples with
 ``?samples=1``) and ``POST /reset``. The process binds every port
 itself (the kernel picks them) and writes their numbers to stdout as one JSON line once all
 accept.
@@ -56,14 +56,14 @@ class Tally:
         self.first = self.last = 0.0
         self.samples = defaultdict(list)
 
-    def arrived(self, body: bytes, stamps: bool) -> None:
-        """Count a webhook whose body has just been read; with ``stamps``, keep its latency
-        sample when its OID holds one."""
+    def arrived(self, body: bytes | None) -> None:
+        """Count a webhook whose body has just been read; keep the latency sample of a
+        ``body`` given (only when stamps are read) whose OID holds one."""
         arrival = time.time()
         self.count += 1
         self.first = self.first or arrival
         self.last = arrival
-        if stamps:
+        if body is not None:
             stamp = _stamp(body)
             if stamp is not None:
                 self.samples[stamp[0]].append((arrival - stamp[1] / 1e9) * 1000.0)
@@ -127,13 +127,14 @@ class HookProtocol(asyncio.Protocol):
         self._url += url
 
     def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
+        if self._stamps:  # the body is read only for its stamp
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self._parser.get_method() != b"POST" or self._url != b"/hook":
             self._answer(_NOT_FOUND, keep_alive=False)
             return
-        self._tally.arrived(b"".join(self._chunks), self._stamps)
+        self._tally.arrived(b"".join(self._chunks) if self._stamps else None)
         keep_alive = self._parser.should_keep_alive()
         if self._delay:
             self._tally.held += 1
@@ -161,7 +162,6 @@ def _control_app(tally: Tally) -> web.Application:
             "held": tally.held,
             "first": tally.first,
             "last": tally.last,
-            "cpu": time.process_time(),
         }
         if request.query.get("samples"):
             doc["samples"] = tally.samples
@@ -225,7 +225,6 @@ class ReceiverStats:
     first: float  # time.time() of the first arrival, 0 before any
     last: float
     samples: dict[str, list[float]]  # label -> latency in ms (only when asked for)
-    cpu: float  # the receiver process's CPU seconds (user + system) so far
 
 
 class ReceiverProcess:
@@ -281,9 +280,7 @@ class ReceiverProcess:
         url = f"http://127.0.0.1:{self.control}/stats" + ("?samples=1" if samples else "")
         async with self._session.get(url) as response:
             doc = orjson.loads(await response.read())
-        return ReceiverStats(
-            doc["count"], doc["first"], doc["last"], doc.get("samples", {}), doc["cpu"]
-        )
+        return ReceiverStats(doc["count"], doc["first"], doc["last"], doc.get("samples", {}))
 
     async def reset(self) -> None:
         assert self._session is not None
