@@ -1,4 +1,6 @@
-"""The Kafka floor: a bare consumer timing publication to poll. Run as ``python -m bench.floor``.
+"""The Kafka floor: a bare consumer timing publication to poll, and posting each event on.
+
+Run as ``python -m bench.floor``.
 
 The latency scenario starts it as its own process beside the service, on the same topic,
 with a consumer group of its own, so it sees every event the service sees. One
@@ -9,6 +11,13 @@ a regular expression on the raw value, the event is not parsed) and keeps, under
 label, ``time.time()`` taken when ``getmany`` returned minus the stamp, in ms. That is what
 the producer's linger, the ``acks=all`` round trip and the fetch cost before any relay can
 start its work: no relay's latency can go below it.
+
+With ``--post URL`` (one per tracking code) it also POSTs each stamped event on as it is
+polled, through the service's own HTTP client (``WebhookSender``), to the URLs in turn, in a
+task of its own: a form body ``data={"OID": <the stamp>}`` and nothing else (no parse, no
+lookup, no signature, no outcome, no commit). The receiver times those arrivals as it times
+the service's: publication to receipt for the bare minimum of a relay, Kafka and one HTTP
+hop, which is the floor the service's own figures compare with.
 
 It writes ``ready`` on a line of its own once it has its partitions and their positions
 (so events published after that are all seen), and on SIGTERM or SIGINT the JSON
@@ -29,8 +38,10 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from itertools import cycle
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote_from_bytes
 
 import orjson
 import uvloop
@@ -38,6 +49,8 @@ from aiokafka import AIOKafkaConsumer
 
 from bench.procs import ProcessTree
 from bench.stack import ROOT
+from consumer.delivery.sender import WebhookSender
+from consumer.delivery.webhook import FORM_CONTENT_TYPE, WebhookRequest
 
 # The stamp as orjson writes the event: ``"oid":"lat:<label>:<time.time_ns()>"``.
 _STAMP: Final = re.compile(rb'"oid":"lat:([^:"]+):(\d+)"')
@@ -51,6 +64,55 @@ def latency_ms(value: bytes, now: float) -> tuple[str, float] | None:
     if match is None:
         return None
     return match[1].decode(), (now - int(match[2]) / 1e9) * 1000.0
+
+
+def forward_request(value: bytes, url: str) -> WebhookRequest | None:
+    """The POST that carries a stamped event's stamp on to ``url``: a form body whose
+    ``data`` JSON holds only the stamp as its ``OID``; None for a value without a stamp."""
+    match = _STAMP.search(value)
+    if match is None:
+        return None
+    oid = b"lat:" + match[1] + b":" + match[2]
+    return WebhookRequest(
+        url=url,
+        headers={"content-type": FORM_CONTENT_TYPE},
+        body=b"data=" + quote_from_bytes(orjson.dumps({"OID": oid.decode()})).encode(),
+        endpoint_host="127.0.0.1",
+        webhook_id=oid.decode(),
+        timestamp=0,
+    )
+
+
+class Forwarder:
+    """POSTs stamped events on, each in a task of its own, to ``urls`` in turn."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = cycle(urls)
+        self._sender = WebhookSender(allow_private_endpoints=True)
+        self._tasks: set[asyncio.Task[object]] = set()
+        self.failed = 0
+
+    async def __aenter__(self) -> Forwarder:
+        await self._sender.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10.0)
+        await self._sender.close()
+
+    def forward(self, values: Iterable[bytes | None]) -> None:
+        for value in values:
+            request = forward_request(value, next(self._urls)) if value is not None else None
+            if request is not None:
+                task = asyncio.create_task(self._send(request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, request: WebhookRequest) -> None:
+        result = await self._sender.send(request)
+        if result.status != 200:
+            self.failed += 1
 
 
 def add_samples(
@@ -71,8 +133,9 @@ async def wait_positioned(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> No
         await consumer.position(partition)
 
 
-async def watch(bootstrap: str, topic: str, group: str) -> dict[str, list[float]]:
-    """Time every stamped event from the moment the consumer is positioned until SIGTERM."""
+async def watch(bootstrap: str, topic: str, group: str, urls: list[str]) -> dict[str, list[float]]:
+    """Time every stamped event from the moment the consumer is positioned until SIGTERM,
+    and POST it on to ``urls`` when there are any."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,24 +150,32 @@ async def watch(bootstrap: str, topic: str, group: str) -> dict[str, list[float]
     samples: defaultdict[str, list[float]] = defaultdict(list)
     await consumer.start()
     try:
-        await wait_positioned(consumer, stop)
-        sys.stdout.write("ready\n")
-        sys.stdout.flush()
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
-            now = time.time()
-            for records in batch.values():
-                add_samples(samples, (record.value for record in records), now)
+        async with Forwarder(urls) as forwarder:
+            await wait_positioned(consumer, stop)
+            sys.stdout.write("ready\n")
+            sys.stdout.flush()
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
+                now = time.time()
+                for records in batch.values():
+                    add_samples(samples, (record.value for record in records), now)
+                    if urls:
+                        forwarder.forward(record.value for record in records)
+        if forwarder.failed:
+            sys.stderr.write(f"{forwarder.failed} posts were not answered 200\n")
     finally:
         await consumer.stop()
     return samples
 
 
 class FloorProcess:
-    """A floor consumer of ``topic`` in ``group``, run from the benchmark as its own process."""
+    """A floor consumer of ``topic`` in ``group``, run from the benchmark as its own process;
+    it POSTs each stamped event on to ``post`` (URLs in turn) when given."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str, post: Iterable[str] = ()) -> None:
         self.args = ["--bootstrap", bootstrap, "--topic", topic, "--group", group]
+        for url in post:
+            self.args += ["--post", url]
         self._out: Path | None = None
         self.tree = ProcessTree([])
         self._process: asyncio.subprocess.Process | None = None
@@ -172,8 +243,11 @@ def main() -> None:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--out", type=Path, required=True, help="where the samples go")
+    parser.add_argument(
+        "--post", action="append", default=[], help="a URL to POST each event on to; repeat"
+    )
     args = parser.parse_args()
-    samples = uvloop.run(watch(args.bootstrap, args.topic, args.group))
+    samples = uvloop.run(watch(args.bootstrap, args.topic, args.group, args.post))
     args.out.write_bytes(orjson.dumps({"samples": samples}))
 
 

@@ -45,8 +45,9 @@ class Throughput:
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """One rate: the service's publication-to-arrival figures, and the Kafka floor's
-    publication-to-poll figures (a bare consumer on the same events, at the same time)."""
+    """One rate: the service's publication-to-arrival figures, the Kafka floor's
+    publication-to-poll figures (a bare consumer, at the same rate for the same time), and
+    the arrivals of the events that floor posted on (publication to receipt, one HTTP hop)."""
 
     label: str
     rate: int
@@ -60,7 +61,11 @@ class Latency:
     floor_p50_ms: float = math.nan
     floor_p99_ms: float = math.nan
     floor_max_ms: float = math.nan
-    floor_cpu_ms: float = math.nan  # the floor consumer's CPU per event polled
+    floor_cpu_ms: float = math.nan  # the floor consumer's CPU per event polled and posted
+    hop_received: int = 0  # the floor's posts that arrived; 0 when it posted none
+    hop_p50_ms: float = math.nan
+    hop_p99_ms: float = math.nan
+    hop_max_ms: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,10 @@ stopped: a bare aiokafka consumer (``bench.floor``, its own process, its own con
 group, positioned at the end of the topic) reads events published at the same rates for
 the same time and times each from its stamp to the moment ``getmany`` returned it: the
 producer's linger, the ``acks=all`` round trip and the fetch, which no relay can go under.
+It also POSTs each event on to the receivers as it is polled (the stamp alone, through the
+service's HTTP client), and the receiver times those as it times the service's webhooks:
+publication to receipt with nothing between the poll and the POST, the floor of the
+service's own figure.
 It does not run beside the service: on a 2-core machine its polling took a share of the
 cores the service needs, and the service's p99 came out 1.2-1.6x higher at 500/s and 4-5x
 at 2,000/s with it running than without (BENCHMARKS.md, twelfth round).
@@ -26,6 +30,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 
 from bench.context import Context
 from bench.events import PacedProducer
@@ -58,10 +63,12 @@ def latency_row(
     *,
     floor: list[float],
     floor_cpu: float,
+    hop: Sequence[float] = (),
 ) -> Latency:
-    """One rate's row: the service's latencies (ms) and CPU seconds per webhook, and the
-    floor's latencies (ms) and CPU seconds over the phase (per event polled in the row)."""
-    samples, floor = sorted(samples), sorted(floor)
+    """One rate's row: the service's latencies (ms) and CPU seconds per webhook, the
+    floor's latencies to poll (ms) and CPU seconds over the phase (per event polled in the
+    row), and the latencies to receipt of the floor's posts (ms)."""
+    samples, floor, hop = sorted(samples), sorted(floor), sorted(hop)
     return Latency(
         label=f"{rate:,}/s",
         rate=rate,
@@ -76,6 +83,10 @@ def latency_row(
         floor_p99_ms=quantile(floor, 0.99),
         floor_max_ms=floor[-1] if floor else float("nan"),
         floor_cpu_ms=1000.0 * floor_cpu / len(floor) if floor else float("nan"),
+        hop_received=len(hop),
+        hop_p50_ms=quantile(hop, 0.5),
+        hop_p99_ms=quantile(hop, 0.99),
+        hop_max_ms=hop[-1] if hop else float("nan"),
     )
 
 
@@ -95,13 +106,16 @@ async def run(ctx: Context) -> None:
             cpu,
             floor=floor_samples.get(_floor_label(rate), []),
             floor_cpu=floor_cpus.get(rate, float("nan")),
+            hop=stats.samples.get(_floor_label(rate), []),
         )
         ctx.results.latency.append(row)
         ctx.say(
             f"latency at {row.label}: p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms,"
             f" max {row.max_ms:.1f} ms ({row.received:,}/{count:,} received); Kafka floor"
             f" p50 {row.floor_p50_ms:.1f} ms, p99 {row.floor_p99_ms:.1f} ms,"
-            f" max {row.floor_max_ms:.1f} ms ({row.floor_received:,} polled)"
+            f" max {row.floor_max_ms:.1f} ms ({row.floor_received:,} polled); its posts"
+            f" p50 {row.hop_p50_ms:.1f} ms, p99 {row.hop_p99_ms:.1f} ms,"
+            f" max {row.hop_max_ms:.1f} ms ({row.hop_received:,} received)"
         )
 
 
@@ -155,9 +169,12 @@ async def _service_phases(
 async def _floor_phases(
     ctx: Context, work: Workload, producer: PacedProducer
 ) -> tuple[dict[str, list[float]], dict[int, float]]:
-    """The Kafka floor alone at each rate: its samples by label and its CPU seconds by rate."""
+    """The Kafka floor alone at each rate, posting each event on to the receivers: its
+    samples by label and its CPU seconds by rate (the receiver keeps its posts' samples)."""
     plan = ctx.plan
-    floor = FloorProcess(ctx.bootstrap, work.topic, f"bench-{work.run_id}-floor")
+    floor = FloorProcess(
+        ctx.bootstrap, work.topic, f"bench-{work.run_id}-floor", post=work.receiver.urls
+    )
     await floor.start(ctx.log_dir / f"latency-{work.run_id}-floor.log")
     samples: dict[str, list[float]] | None = None
     try:
@@ -171,7 +188,7 @@ async def _floor_phases(
             cpu = floor.tree.cpu_seconds()
             await producer.run(_floor_label(rate), rate, plan.latency_seconds)
             cpus[rate] = floor.tree.cpu_seconds() - cpu
-        await asyncio.sleep(1.0)  # the last events' polls
+        await asyncio.sleep(1.0)  # the last events' polls and posts
         samples = await floor.stop()
     finally:
         if samples is None:

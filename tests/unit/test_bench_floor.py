@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections import defaultdict
 
 import orjson
 import pytest
 
 from bench.events import EventMix
-from bench.floor import add_samples, latency_ms
+from bench.floor import Forwarder, add_samples, forward_request, latency_ms
+from bench.receiver import HookProtocol, Tally, _stamp
 from bench.report import latency_lines
 from bench.results import Latency, Results
 from bench.scenarios.latency import latency_row, quantile
@@ -92,3 +95,48 @@ def test_the_report_has_no_floor_row_when_the_floor_did_not_run() -> None:
     lines = latency_lines(Results(latency=[row]))
     assert len(lines) == 3
     assert "Kafka floor" not in "\n".join(lines)
+
+
+def test_a_stamped_event_is_posted_on_with_its_stamp_as_the_oid_the_receiver_reads() -> None:
+    """The POST carries ``lat:<label>:<ns>`` in the OID of its form's ``data``, as the
+    receiver parses a webhook, to the URL given; an unstamped event posts nothing."""
+    request = forward_request(event(f"lat:floor500:{PUBLISHED_NS}"), "http://127.0.0.1:9/hook")
+    assert request is not None
+    assert request.url == "http://127.0.0.1:9/hook"
+    assert _stamp(request.body) == ("floor500", PUBLISHED_NS)
+    assert forward_request(event("crm-3"), "http://127.0.0.1:9/hook") is None
+
+
+async def test_the_forwarder_posts_each_stamped_event_to_a_real_receiver() -> None:
+    """Stamped values reach an in-process receiver on loopback, timed there from their
+    stamps; unstamped values and None are skipped."""
+    tally = Tally()
+    loop = asyncio.get_running_loop()
+    servers = [
+        await loop.create_server(lambda: HookProtocol(tally, 0.0, stamps=True), "127.0.0.1", 0)
+        for _ in range(2)
+    ]
+    urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}/hook" for s in servers]
+    now_ns = time.time_ns()
+    values = [event(f"lat:floor500:{now_ns}", 0), event("crm-1", 1), None]
+    values.append(event(f"lat:floor2000:{now_ns}", 2))
+    try:
+        async with Forwarder(urls) as forwarder:
+            forwarder.forward(values)
+        assert forwarder.failed == 0
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+    assert tally.count == 2
+    assert sorted(tally.samples) == ["floor2000", "floor500"]
+    assert all(0 <= ms < 5000 for ms in tally.samples["floor500"] + tally.samples["floor2000"])
+
+
+def test_the_report_shows_the_floors_posts_under_its_polls() -> None:
+    """The arrivals of the floor's posts make a third row per rate, with no CPU figure."""
+    row = latency_row(500, 5000, [20.0], 0.0016, floor=[7.5], floor_cpu=0.001, hop=[9.0, 8.0, 8.5])
+    lines = latency_lines(Results(latency=[row]))
+    posted = "| 500/s, Kafka floor, posted on | 5,000 | 3 | 8.5 ms | 9.0 ms | 9.0 ms | - |"
+    assert lines[4] == posted
+    assert any("Posted on: the same floor POSTing" in line for line in lines)
