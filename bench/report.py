@@ -132,6 +132,44 @@ def _against_slow_sender(results: Results) -> str:
     )
 
 
+def _processes_ceiling(results: Results) -> str:
+    """Scenario 7's processes against what the machine's cores allow: the whole machine's
+    CPU per webhook in the one-process run (service, broker, receivers and the benchmark,
+    from ``/proc/stat``, time taken by other guests included) sets how many webhooks a
+    second all its cores could carry at that cost."""
+    rows = [r for r in results.throughput if r.scenario == "7 fast" and r.window.webhooks]
+    one = next((r for r in rows if r.processes == 1), None)
+    cores = os.cpu_count() or 1
+    if one is None or math.isnan(one.window.machine_busy) or not one.window.machine_busy:
+        return ""
+    parts = []
+    for row in rows:
+        if row.processes < 2:
+            continue
+        ceiling = min(row.processes, cores / one.window.machine_busy)
+        parts.append(
+            f"{row.relay.removeprefix('service, ')}: {row.window.rate / one.window.rate:.2f}x one"
+            f" process, against the {ceiling:.2f}x the machine allowed at that cost"
+            f" ({_machine_ms(row.window):.3f} ms per webhook in that run,"
+            f" {_cores(row.window.machine_busy)} busy)"
+        )
+    if not parts:
+        return ""
+    return (
+        f"Processes: one process kept {_cores(one.window.machine_busy)} busy at"
+        f" {one.window.rate:,.0f} webhooks/s, {_machine_ms(one.window):.3f} ms of the whole"
+        " machine's CPU per webhook (broker, receivers and the benchmark included); at that"
+        f" cost its {cores} cores carry at most {cores / one.window.machine_busy:.2f}x that rate. "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def _machine_ms(window: Window) -> float:
+    """Milliseconds of the whole machine's CPU per webhook over a window."""
+    return 1000.0 * window.machine_busy / window.rate
+
+
 def throughput_lines(results: Results) -> list[str]:
     limit = results.limit
     rows: list[list[str]] = []
@@ -181,7 +219,11 @@ def throughput_lines(results: Results) -> list[str]:
     drift = _limit_drift(results)
     if drift:
         lines += ["", drift]
-    for line in (_beyond_sender(results), _against_slow_sender(results)):
+    for line in (
+        _beyond_sender(results),
+        _against_slow_sender(results),
+        _processes_ceiling(results),
+    ):
         if line:
             lines += ["", line]
     speedups = []

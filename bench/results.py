@@ -41,6 +41,7 @@ class Throughput:
     reference: float | None  # webhooks/s the ratio is taken against
     reference_name: str
     note: str = ""
+    processes: int = 1  # service processes of the run (scenario 7's --processes rows)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,5 +97,6 @@ async def _processes(ctx: Context) -> None:
                 limit,
                 "limit",
                 "; ".join(part for part in (note, counts) if part),
+                processes,
             )
         )

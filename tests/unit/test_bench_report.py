@@ -4,6 +4,8 @@ schedule table gives each side's CPU per row."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.report import scheduled_lines, throughput_lines
 from bench.results import Limit, Results, Scheduled, Throughput
 from bench.window import Window
@@ -114,3 +116,40 @@ def test_the_senders_loop_on_slow_receivers_comes_before_scenario_3_against_its_
     assert line.endswith(
         "reaches 4,000 requests/s; the service in scenario 3 delivers 0.83 of that."
     )
+
+
+def _processes(processes: int, seconds: float, busy: float) -> Throughput:
+    window = Window(
+        webhooks=10_000, seconds=seconds, cpu_seconds=1.0, drained=True, machine_busy=busy
+    )
+    relay = "service, 1 process" if processes == 1 else f"service, --processes {processes}"
+    return Throughput("7 fast", relay, 10_000, window, None, "limit", "", processes)
+
+
+def test_two_processes_are_set_against_what_the_cores_allowed_at_one_process_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One process at 10,000/s keeping 1.25 of 2 cores busy: the cores carry 1.6x at that
+    cost, and the two-process run (1.4x, 1.75 busy) is set against it."""
+    monkeypatch.setattr("bench.report.os.cpu_count", lambda: 2)
+    results = Results(throughput=[_processes(1, 1.0, 1.25), _processes(2, 1 / 1.4, 1.75)])
+    line = next(line for line in throughput_lines(results) if line.startswith("Processes:"))
+    assert "one process kept 1.25 of 2 cores busy at 10,000 webhooks/s, 0.125 ms" in line
+    assert "carry at most 1.60x that rate" in line
+    assert "--processes 2: 1.40x one process, against the 1.60x the machine allowed" in line
+    assert "(0.125 ms per webhook in that run, 1.75 of 2 cores busy)" in line
+
+
+def test_the_ceiling_is_never_above_the_number_of_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With cores to spare (0.5 of 4 busy for one process) two processes can at most double."""
+    monkeypatch.setattr("bench.report.os.cpu_count", lambda: 4)
+    results = Results(throughput=[_processes(1, 1.0, 0.5), _processes(2, 0.5, 1.0)])
+    line = next(line for line in throughput_lines(results) if line.startswith("Processes:"))
+    assert "--processes 2: 2.00x one process, against the 2.00x the machine allowed" in line
+
+
+def test_without_a_one_process_run_there_is_no_processes_line() -> None:
+    results = Results(throughput=[_processes(2, 0.5, 1.0)])
+    assert not any(line.startswith("Processes:") for line in throughput_lines(results))
