@@ -43,6 +43,11 @@ log = structlog.get_logger(__name__)
 EXIT_FORCED = 130
 CLOSE_TIMEOUT = 10.0
 REBALANCE_MARGIN = 15.0
+# How often a group member heartbeats, so how soon it learns that a rebalance has begun
+# (a member joining or leaving): aiokafka's default is 3 s, for which every member that
+# joins waits, and the others keep only their old share meanwhile. One a second is well
+# under a third of the session timeout (10 s), as Kafka asks.
+HEARTBEAT_INTERVAL = 1.0
 # The poll loop runs at least every 100 ms; blocked this long (a rebalance that never ends,
 # say), /healthz reports it.
 STALL_AFTER = 120.0
@@ -187,6 +192,7 @@ async def _start(
         # A revocation may take DRAIN_TIMEOUT to finish the events in hand; the group waits
         # that long (and a margin) before it hands the partitions to someone else.
         rebalance_timeout_ms=int((settings.drain_timeout + REBALANCE_MARGIN) * 1000),
+        heartbeat_interval_ms=int(HEARTBEAT_INTERVAL * 1000),
         # Partitions added to the events topic are seen (and the group rebalanced to deal
         # them out) at the next metadata refresh: KAFKA_METADATA_MAX_AGE at the latest.
         metadata_max_age_ms=metadata_max_age_ms,

@@ -63,6 +63,7 @@ from drills_lib import (
     wait_until,
 )
 
+from consumer.service import HEARTBEAT_INTERVAL, REBALANCE_MARGIN
 from producers.builder import ExamEventMessage
 from producers.publisher import Delivery, EventPublisher
 
@@ -80,10 +81,9 @@ def _default(cls: type, name: str) -> int:
     return int(inspect.signature(cls).parameters[name].default)
 
 
-# The service leaves these at aiokafka's defaults (consumer/service.py sets only
-# rebalance_timeout_ms, from DRAIN_TIMEOUT): read from the library actually installed.
+# The session timeout is aiokafka's default (read from the library actually installed);
+# the heartbeat interval and the rebalance timeout's margin are the service's own.
 SESSION_TIMEOUT = _default(AIOKafkaConsumer, "session_timeout_ms") / 1000
-HEARTBEAT_INTERVAL = _default(AIOKafkaConsumer, "heartbeat_interval_ms") / 1000
 PRODUCER_REQUEST_TIMEOUT = _default(AIOKafkaProducer, "request_timeout_ms") / 1000
 DRAIN_TIMEOUT = 30.0  # the service's default, not overridden here
 WAITING_EVENTS = (
@@ -1126,9 +1126,9 @@ async def drill_instance_loss(ctx: Ctx, r: Result) -> None:
     )
     r.fig(
         "session timeout",
-        f"{SESSION_TIMEOUT:.0f} s, heartbeat every {HEARTBEAT_INTERVAL:.0f} s (aiokafka's "
-        f"defaults: the service sets neither); rebalance timeout {DRAIN_TIMEOUT + 15:.0f} s "
-        "(DRAIN_TIMEOUT + 15 s)",
+        f"{SESSION_TIMEOUT:.0f} s (aiokafka's default), heartbeat every "
+        f"{HEARTBEAT_INTERVAL:.0f} s (the service's); rebalance timeout "
+        f"{DRAIN_TIMEOUT + REBALANCE_MARGIN:.0f} s (DRAIN_TIMEOUT + {REBALANCE_MARGIN:.0f} s)",
     )
     for n, line in enumerate(lines, 1):
         r.fig(f"kill {n}", line.split(": ", 1)[1])
