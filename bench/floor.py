@@ -2,15 +2,15 @@
 
 Run as ``python -m bench.floor``.
 
-The latency scenario starts it as its own process beside the service, on the same topic,
-with a consumer group of its own, so it sees every event the service sees. One
-``AIOKafkaConsumer`` on uvloop, reading from the end of the topic, loops on
-``getmany(timeout_ms=100, max_records=500)`` and nothing else: for each record it takes
-the stamp ``lat:<label>:<ns>`` that the producer put into the event's ``oid`` (found with
-a regular expression on the raw value, the event is not parsed) and keeps, under that
-label, ``time.time()`` taken when ``getmany`` returned minus the stamp, in ms. That is what
-the producer's linger, the ``acks=all`` round trip and the fetch cost before any relay can
-start its work: no relay's latency can go below it.
+The latency scenario starts it as its own process once the service's phases are over and
+the service stopped, on the same topic, with a consumer group of its own, and publishes at
+the same rates for the same time again. One ``AIOKafkaConsumer`` on uvloop, reading from
+the end of the topic, loops on ``getmany(timeout_ms=100, max_records=500)``: for each
+record it takes the stamp ``lat:<label>:<ns>`` that the producer put into the event's
+``oid`` (found with a regular expression on the raw value, the event is not parsed) and
+keeps, under that label, ``time.time()`` taken when ``getmany`` returned minus the stamp,
+in ms. That is what the producer's linger, the ``acks=all`` round trip and the fetch cost
+before any relay can start its work: no relay's latency can go below it.
 
 With ``--post URL`` (one per tracking code) it also POSTs each stamped event on as it is
 polled, through the service's own HTTP client (``WebhookSender``), to the URLs in turn, in a

@@ -137,7 +137,7 @@ def _processes_ceiling(results: Results) -> str:
     CPU per webhook in the one-process run (service, broker, receivers and the benchmark,
     from ``/proc/stat``, time taken by other guests included) sets how many webhooks a
     second all its cores could carry at that cost."""
-    rows = [r for r in results.throughput if r.scenario == "7 fast" and r.window.webhooks]
+    rows = [r for r in results.throughput if r.scenario == "7 fast" and r.window.rate > 0]
     one = next((r for r in rows if r.processes == 1), None)
     cores = os.cpu_count() or 1
     if one is None or math.isnan(one.window.machine_busy) or not one.window.machine_busy:
