@@ -41,7 +41,6 @@ from collections.abc import Iterable
 from itertools import cycle
 from pathlib import Path
 from typing import Final
-from urllib.parse import quote_from_bytes
 
 import orjson
 import uvloop
@@ -51,6 +50,7 @@ from bench.procs import ProcessTree
 from bench.stack import ROOT
 from consumer.delivery.sender import WebhookSender
 from consumer.delivery.webhook import FORM_CONTENT_TYPE, WebhookRequest
+from consumer.payload import form_body
 
 # The stamp as orjson writes the event: ``"oid":"lat:<label>:<time.time_ns()>"``.
 _STAMP: Final = re.compile(rb'"oid":"lat:([^:"]+):(\d+)"')
@@ -58,33 +58,55 @@ POLL_MS: Final = 100
 MAX_RECORDS: Final = 500
 
 
+Stamp = tuple[str, int]  # (label, publication ns)
+
+
+def stamp_of(value: bytes) -> Stamp | None:
+    """The event's stamp when its ``oid`` is one, else None."""
+    match = _STAMP.search(value)
+    if match is None:
+        return None
+    return match[1].decode(), int(match[2])
+
+
 def latency_ms(value: bytes, now: float) -> tuple[str, float] | None:
     """(label, ms from the stamp to ``now``) when the event's ``oid`` is a stamp, else None."""
-    match = _STAMP.search(value)
-    if match is None:
+    found = stamp_of(value)
+    if found is None:
         return None
-    return match[1].decode(), (now - int(match[2]) / 1e9) * 1000.0
+    return found[0], (now - found[1] / 1e9) * 1000.0
 
 
-def forward_request(value: bytes, url: str) -> WebhookRequest | None:
-    """The POST that carries a stamped event's stamp on to ``url``: a form body whose
-    ``data`` JSON holds only the stamp as its ``OID``; None for a value without a stamp."""
-    match = _STAMP.search(value)
-    if match is None:
-        return None
-    oid = b"lat:" + match[1] + b":" + match[2]
+def add_samples(
+    samples: defaultdict[str, list[float]], values: Iterable[bytes | None], now: float
+) -> list[Stamp]:
+    """Keep one sample per stamped value under its label; values without a stamp are
+    skipped. Returns the stamps found, in order."""
+    stamps = []
+    for value in values:
+        found = stamp_of(value) if value is not None else None
+        if found is not None:
+            samples[found[0]].append((now - found[1] / 1e9) * 1000.0)
+            stamps.append(found)
+    return stamps
+
+
+def forward_request(stamp: Stamp, url: str) -> WebhookRequest:
+    """The POST that carries ``stamp`` on to ``url``: a form body whose ``data`` JSON holds
+    only the stamp, as the ``OID`` a webhook carries it in."""
+    oid = f"lat:{stamp[0]}:{stamp[1]}"
     return WebhookRequest(
         url=url,
-        headers={"content-type": FORM_CONTENT_TYPE},
-        body=b"data=" + quote_from_bytes(orjson.dumps({"OID": oid.decode()})).encode(),
+        headers={"Content-Type": FORM_CONTENT_TYPE},
+        body=form_body({"OID": oid}, {}),
         endpoint_host="127.0.0.1",
-        webhook_id=oid.decode(),
+        webhook_id=oid,
         timestamp=0,
     )
 
 
 class Forwarder:
-    """POSTs stamped events on, each in a task of its own, to ``urls`` in turn."""
+    """POSTs stamps on, each in a task of its own, to ``urls`` in turn."""
 
     def __init__(self, urls: list[str]) -> None:
         self._urls = cycle(urls)
@@ -101,28 +123,16 @@ class Forwarder:
             await asyncio.wait(self._tasks, timeout=10.0)
         await self._sender.close()
 
-    def forward(self, values: Iterable[bytes | None]) -> None:
-        for value in values:
-            request = forward_request(value, next(self._urls)) if value is not None else None
-            if request is not None:
-                task = asyncio.create_task(self._send(request))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+    def forward(self, stamps: Iterable[Stamp]) -> None:
+        for stamp in stamps:
+            task = asyncio.create_task(self._send(forward_request(stamp, next(self._urls))))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _send(self, request: WebhookRequest) -> None:
         result = await self._sender.send(request)
         if result.status != 200:
             self.failed += 1
-
-
-def add_samples(
-    samples: defaultdict[str, list[float]], values: Iterable[bytes | None], now: float
-) -> None:
-    """Keep one sample per stamped value under its label; values without a stamp are skipped."""
-    for value in values:
-        found = latency_ms(value, now) if value is not None else None
-        if found is not None:
-            samples[found[0]].append(found[1])
 
 
 async def wait_positioned(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
@@ -158,9 +168,9 @@ async def watch(bootstrap: str, topic: str, group: str, urls: list[str]) -> dict
                 batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_RECORDS)
                 now = time.time()
                 for records in batch.values():
-                    add_samples(samples, (record.value for record in records), now)
+                    stamps = add_samples(samples, (record.value for record in records), now)
                     if urls:
-                        forwarder.forward(record.value for record in records)
+                        forwarder.forward(stamps)
         if forwarder.failed:
             sys.stderr.write(f"{forwarder.failed} posts were not answered 200\n")
     finally:

@@ -10,10 +10,8 @@ under LABEL. The hook ports are served by a bare ``asyncio.Protocol`` over llhtt
 other machines, and an aiohttp server spent 0.11 ms of this machine's CPU per request, as
 much as the service spends on a webhook. The control port (aiohttp) answers ``GET /stats``
 (counts, requests held for their delayed answer, first and last arrival, and the latency
-samples with
-``?samples=1``) and ``POST /reset``. The process binds every port
-itself (the kernel picks them) and writes their numbers to stdout as one JSON line once all
-accept.
+samples with ``?samples=1``) and ``POST /reset``. The process binds every port itself (the
+kernel picks them) and writes their numbers to stdout as one JSON line once all accept.
 
 ``ReceiverProcess`` starts one from the benchmark and reads it. It runs in its own process,
 so its work never shares an event loop with the client it measures.

@@ -142,11 +142,12 @@ def _processes_ceiling(results: Results) -> str:
     cores = os.cpu_count() or 1
     if one is None or math.isnan(one.window.machine_busy) or not one.window.machine_busy:
         return ""
+    allowed = cores / one.window.machine_busy
     parts = []
     for row in rows:
         if row.processes < 2:
             continue
-        ceiling = min(row.processes, cores / one.window.machine_busy)
+        ceiling = min(row.processes, allowed)
         parts.append(
             f"{row.relay.removeprefix('service, ')}: {row.window.rate / one.window.rate:.2f}x one"
             f" process, against the {ceiling:.2f}x the machine allowed at that cost"
@@ -159,9 +160,7 @@ def _processes_ceiling(results: Results) -> str:
         f"Processes: one process kept {_cores(one.window.machine_busy)} busy at"
         f" {one.window.rate:,.0f} webhooks/s, {_machine_ms(one.window):.3f} ms of the whole"
         " machine's CPU per webhook (broker, receivers and the benchmark included); at that"
-        f" cost its {cores} cores carry at most {cores / one.window.machine_busy:.2f}x that rate. "
-        + "; ".join(parts)
-        + "."
+        f" cost its {cores} cores carry at most {allowed:.2f}x that rate. " + "; ".join(parts) + "."
     )
 
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from bench.events import EventMix
-from bench.floor import Forwarder, add_samples, forward_request, latency_ms
+from bench.floor import Forwarder, add_samples, forward_request, latency_ms, stamp_of
 from bench.receiver import HookProtocol, Tally, _stamp
 from bench.report import latency_lines
 from bench.results import Latency, Results
@@ -53,7 +53,12 @@ def test_samples_are_kept_per_label_and_unstamped_values_skipped() -> None:
         None,
         event(f"lat:500:{PUBLISHED_NS + 1_000_000}", 3),
     ]
-    add_samples(samples, values, PUBLISHED_S + 0.010)
+    stamps = add_samples(samples, values, PUBLISHED_S + 0.010)
+    assert stamps == [
+        ("500", PUBLISHED_NS),
+        ("2000", PUBLISHED_NS),
+        ("500", PUBLISHED_NS + 1_000_000),
+    ]
     assert sorted(samples) == ["2000", "500"]
     assert samples["500"] == pytest.approx([10.0, 9.0], abs=1e-3)
     assert samples["2000"] == pytest.approx([10.0], abs=1e-3)
@@ -100,11 +105,12 @@ def test_the_report_has_no_floor_row_when_the_floor_did_not_run() -> None:
 def test_a_stamped_event_is_posted_on_with_its_stamp_as_the_oid_the_receiver_reads() -> None:
     """The POST carries ``lat:<label>:<ns>`` in the OID of its form's ``data``, as the
     receiver parses a webhook, to the URL given; an unstamped event posts nothing."""
-    request = forward_request(event(f"lat:floor500:{PUBLISHED_NS}"), "http://127.0.0.1:9/hook")
-    assert request is not None
+    stamp = stamp_of(event(f"lat:floor500:{PUBLISHED_NS}"))
+    assert stamp is not None
+    request = forward_request(stamp, "http://127.0.0.1:9/hook")
     assert request.url == "http://127.0.0.1:9/hook"
     assert _stamp(request.body) == ("floor500", PUBLISHED_NS)
-    assert forward_request(event("crm-3"), "http://127.0.0.1:9/hook") is None
+    assert stamp_of(event("crm-3")) is None
 
 
 async def test_the_forwarder_posts_each_stamped_event_to_a_real_receiver() -> None:
@@ -122,7 +128,7 @@ async def test_the_forwarder_posts_each_stamped_event_to_a_real_receiver() -> No
     values.append(event(f"lat:floor2000:{now_ns}", 2))
     try:
         async with Forwarder(urls) as forwarder:
-            forwarder.forward(values)
+            forwarder.forward(add_samples(defaultdict(list), values, time.time()))
         assert forwarder.failed == 0
     finally:
         for server in servers:
